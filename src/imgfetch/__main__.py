@@ -1,0 +1,3 @@
+from imgfetch.cli import entry
+
+entry()

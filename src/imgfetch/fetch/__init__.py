@@ -1,0 +1,1 @@
+"""Fetching: the retry policy (pure), per-host gates, and the HTTP clients."""

@@ -1,0 +1,150 @@
+"""Where results go: image files written atomically, and the JSONL manifest.
+
+Every file is written to a hidden temporary name in its final folder and
+renamed into place only once complete, so a final name never holds a partial
+file; a killed run leaves at most ``.imgfetch-*.part`` files, which
+:meth:`FileSink.remove_temporaries` deletes on the next start.  Paths are
+checked to stay inside the output folder and folders that are symlinks are
+refused, so nothing is ever written outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from imgfetch.errors import OutputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+TEMP_PREFIX = ".imgfetch-"
+TEMP_SUFFIX = ".part"
+#: Errors after which no later write can succeed either: stop the run instead of failing every row.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+
+
+class FileSink:
+    def __init__(self, root: Path) -> None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.root = root.resolve(strict=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder '{root}': {exc.strerror or exc}") from None
+        if not self.root.is_dir():
+            raise OutputError(f"output path '{root}' is not a folder")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder '{root}' is not writable")
+        self._folders: set[str] = {""}
+
+    def _folder(self, folder: str) -> Path:
+        path = self.root / folder if folder else self.root
+        if folder not in self._folders:
+            if "/" in folder or "\\" in folder or folder in (".", "..") or folder.startswith("."):
+                raise ValueError(f"unsafe folder name {folder!r}")
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(exist_ok=True)
+            st = path.lstat()
+            if not stat.S_ISDIR(st.st_mode):  # a symlink or file planted where a folder goes
+                raise OutputError(f"'{path}' exists and is not a plain folder")
+            self._folders.add(folder)
+        return path
+
+    def write(self, folder: str, name: str, data: bytes) -> str:
+        """Write ``data`` atomically to ``folder/name``; returns the POSIX relative path."""
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+            raise ValueError(f"unsafe file name {name!r}")
+        directory = self._folder(folder)
+        final = directory / name
+        tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return f"{folder}/{name}" if folder else name
+
+    def remove(self, rel: str) -> None:
+        path = self.resolve(rel)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def resolve(self, rel: str) -> Path | None:
+        """The absolute path of a relative path recorded earlier, or None if it would escape."""
+        path = (self.root / rel).resolve()
+        return path if path.is_relative_to(self.root) and path != self.root else None
+
+    def temporaries(self) -> Iterator[Path]:
+        with os.scandir(self.root) as top:
+            entries = list(top)
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+                yield Path(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                with os.scandir(entry.path) as sub:
+                    for child in sub:
+                        if child.name.startswith(TEMP_PREFIX) and child.name.endswith(TEMP_SUFFIX):
+                            yield Path(child.path)
+
+    def remove_temporaries(self) -> int:
+        """Delete temporary files a killed run left behind; returns how many."""
+        count = 0
+        for path in list(self.temporaries()):
+            try:
+                path.unlink()
+                count += 1
+            except FileNotFoundError:
+                pass
+        return count
+
+
+class ManifestWriter:
+    """Appends one JSON object per line; buffered, flushed by the pipeline on a timer and at the end."""
+
+    def __init__(self, path: Path, *, truncate: bool = False) -> None:
+        try:
+            # Held open for the whole run and closed by close(): appends must stay cheap.
+            self._fh: IO[str] = open(  # noqa: SIM115
+                path, "w" if truncate else "a", encoding="utf-8", buffering=1 << 16
+            )
+        except OSError as exc:
+            raise OutputError(f"cannot write manifest '{path}': {exc.strerror or exc}") from None
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        self._fh.write("\n")
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a manifest; a last line cut short by a crash is ignored."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
