@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 from typing import TYPE_CHECKING
 
 from imgfetch import api
@@ -88,8 +89,15 @@ def rgb(text: str) -> tuple[int, int, int]:
     raise argparse.ArgumentTypeError(f"bad colour {text!r}: use white, black, #RRGGBB or R,G,B")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are "could not run" (exit 1) in one line, not argparse's exit 2 and usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"imgfetch: error[bad-option]: {message} (see imgfetch --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="imgfetch",
         description="Download every image listed in INPUT into a folder, verified, with a per-row manifest.",
         epilog="Also: 'imgfetch demo' (an offline demonstration), 'imgfetch bench' (the speed comparison). "

@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"imgfetch demo: downloading {len(urls)} URLs into {args.out}/", file=sys.stderr)
             try:
-                summary = api.download(listing, args.out, overwrite=True, retries=2, backoff_base=0.1)
+                # trust_env=False: a proxy set for the internet must not swallow loopback traffic.
+                summary = api.download(
+                    listing, args.out, overwrite=True, retries=2, backoff_base=0.1, trust_env=False
+                )
             except api.ImgfetchError as exc:
                 print(f"imgfetch: error[{exc.code}]: {exc}", file=sys.stderr)
                 return 1

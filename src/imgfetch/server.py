@@ -25,6 +25,7 @@ and answers scripted faults under ``/_/``:
 ``/_/gzip-bomb``                gzip of 64 MiB of zeros, ``Content-Encoding: gzip``
 ``/_/robots/VALUE``             an image with ``X-Robots-Tag: VALUE``
 ``/_/named/NAME?ct=T``          image NAME, optionally with Content-Type T
+``/_/as/NAME/ANY/PATH``         image NAME whatever ANY/PATH is (so a test picks the URL's basename)
 =============================== ==================================================
 """
 
@@ -293,6 +294,8 @@ class ImageServer:
             return self._image(self.images[args[0]], "application/octet-stream")
         if kind == "named":
             return self._image(self.images[args[0]], request.query.get("ct"))
+        if kind == "as":
+            return self._image(self.images[args[0]])
         if kind == "redirect":
             n, name = int(args[0]), args[1]
             target = f"/_/redirect/{n - 1}/{name}" if n > 1 else f"/img/{name}"
@@ -336,9 +339,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 
 
 def load_images(folder: Path) -> dict[str, bytes]:
-    return {
-        p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES
-    }
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

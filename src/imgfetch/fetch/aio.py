@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import urllib.request
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -56,7 +57,8 @@ class _Resolver(AbstractResolver):
 
     def __init__(self, overrides: Mapping[str, tuple[str, int | None]], block_private: bool) -> None:
         self._inner = aiohttp.ThreadedResolver()
-        self._overrides = {k.lower(): v for k, v in overrides.items()}
+        # Normalised as the lookup below is, so "Example.com." and "example.com" are one entry.
+        self._overrides = {k.lower().rstrip("."): v for k, v in overrides.items()}
         self._block = block_private
 
     async def resolve(
@@ -88,6 +90,16 @@ class _Resolver(AbstractResolver):
         await self._inner.close()
 
 
+class _Hop:
+    """Where a request chain has got to: the URL being requested and its status, once known."""
+
+    __slots__ = ("status", "url")
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self.status: int | None = None
+
+
 class AioClient:
     """Makes single attempts; retries, limits and politeness belong to the pipeline."""
 
@@ -96,6 +108,24 @@ class AioClient:
         self._resolve = dict(resolve or {})
         self._session: aiohttp.ClientSession | None = None
         self._headers = request_headers(cfg)
+        self._env_proxies = urllib.request.getproxies_environment() if cfg.trust_env else {}
+        self._bypass: dict[str, bool] = {}
+
+    def _proxy_for(self, url: URL) -> str | None:
+        """``--proxy``, else the ``<scheme>_proxy`` variable unless ``no_proxy`` covers the host."""
+        if self._cfg.proxy is not None or not self._env_proxies:
+            return self._cfg.proxy
+        proxy = self._env_proxies.get(url.scheme)
+        if proxy is None:
+            return None
+        host = url.host or ""
+        bypass = self._bypass.get(host)
+        if bypass is None:
+            bypass = bool(urllib.request.proxy_bypass_environment(host, self._env_proxies))  # type: ignore[attr-defined]
+            if len(self._bypass) > 10_000:
+                self._bypass.clear()
+            self._bypass[host] = bypass
+        return None if bypass else proxy
 
     async def __aenter__(self) -> AioClient:
         cfg = self._cfg
@@ -112,7 +142,10 @@ class AioClient:
             connector=connector,
             auto_decompress=False,  # decoded by BodyDecoder, bounded by max_bytes
             cookie_jar=aiohttp.DummyCookieJar(),  # a million hosts' cookies would only cost memory
-            trust_env=cfg.trust_env,
+            # aiohttp's trust_env also reads ~/.netrc on a worker thread for every
+            # request (a third of the CPU per image); proxies from the environment
+            # are applied by _proxy_for instead.
+            trust_env=False,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
             ),
@@ -127,40 +160,51 @@ class AioClient:
             self._session = None
 
     async def attempt(self, url: URL) -> Fetched:
-        """One request chain: at most ``max_redirects`` hops, within ``timeout`` seconds."""
-        current = url
+        """One request chain: at most ``max_redirects`` hops, within ``timeout`` seconds.
+
+        A failure records the last URL requested and the last HTTP status received,
+        so a timeout or a cut body after a redirect says where and how far it got.
+        """
+        hop = _Hop(url)
         try:
             async with asyncio.timeout(self._cfg.timeout) as deadline:
                 try:
-                    return await self._chain(url)
+                    return await self._chain(hop)
                 except Fault as fault:
-                    return Fetched(reason=fault.reason, detail=fault.detail, status=fault.status)
+                    return Fetched(
+                        reason=fault.reason,
+                        detail=fault.detail,
+                        status=fault.status if fault.status is not None else hop.status,
+                        final_url=str(hop.url),
+                    )
         except TimeoutError:
             if deadline.expired():
                 return Fetched(
                     reason=Reason.TIMEOUT.value,
                     detail=f"download took longer than {self._cfg.timeout:g} s",
-                    final_url=str(current),
+                    status=hop.status,
+                    final_url=str(hop.url),
                 )
             raise
 
-    async def _chain(self, url: URL) -> Fetched:
+    async def _chain(self, hop: _Hop) -> Fetched:
         assert self._session is not None, "use AioClient as an async context manager"
         cfg = self._cfg
-        current = url
         hops = 0
         while True:
+            current = hop.url
+            hop.status = None
             if cfg.block_private:
                 ip = literal_ip(current.host or "")
                 if ip is not None and is_blocked_address(ip):
                     raise Fault(Reason.BLOCKED_ADDRESS.value, f"address {ip} is not public")
             try:
                 async with self._session.get(
-                    current, allow_redirects=False, proxy=cfg.proxy, read_until_eof=True
+                    current, allow_redirects=False, proxy=self._proxy_for(current), read_until_eof=True
                 ) as resp:
-                    status = resp.status
+                    status = hop.status = resp.status
                     if status in REDIRECT_STATUSES:
-                        current = next_hop(current, resp.headers.get("Location"), hops, cfg)
+                        hop.url = next_hop(current, resp.headers.get("Location"), hops, cfg)
                         hops += 1
                         continue
                     if status not in (200, 203):
