@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from imgfetch.fetch.common import (
     CHUNK,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Mapping
 
-    from yarl import URL
-
     from imgfetch.config import HttpConfig
 
 #: getaddrinfo errors that mean "this name does not exist", as opposed to a resolver hiccup.
@@ -55,8 +54,16 @@ class _Resolver(AbstractResolver):
     pinned to the connection: a second, different DNS answer cannot slip past it.
     """
 
-    def __init__(self, overrides: Mapping[str, tuple[str, int | None]], block_private: bool) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, tuple[str, int | None]],
+        block_private: bool,
+        exempt: frozenset[str] = frozenset(),
+    ) -> None:
         self._inner = aiohttp.ThreadedResolver()
+        # The user's own proxies: often on a private address (proxy.corp, localhost), and
+        # chosen by the user, not by a URL list or a redirect.
+        self._exempt = exempt
         # Normalised as the lookup below is, so "Example.com." and "example.com" are one entry.
         self._overrides = {k.lower().rstrip("."): v for k, v in overrides.items()}
         self._block = block_private
@@ -64,7 +71,8 @@ class _Resolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        override = self._overrides.get(host.lower().rstrip("."))
+        key = host.lower().rstrip(".")
+        override = self._overrides.get(key)
         if override is not None:
             addr, new_port = override
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -80,7 +88,7 @@ class _Resolver(AbstractResolver):
             ]
         else:
             results = await self._inner.resolve(host, port, family)
-        if self._block:
+        if self._block and key not in self._exempt:
             results = [r for r in results if not is_blocked_address(r["host"])]
             if not results:
                 raise BlockedAddress(f"{host} resolves only to private or reserved addresses")
@@ -127,6 +135,10 @@ class AioClient:
             self._bypass[host] = bypass
         return None if bypass else proxy
 
+    def _proxy_hosts(self) -> frozenset[str]:
+        urls = [self._cfg.proxy, *self._env_proxies.values()]
+        return frozenset((URL(u).host or "").lower().rstrip(".") for u in urls if u)
+
     async def __aenter__(self) -> AioClient:
         cfg = self._cfg
         ssl_ctx: ssl.SSLContext | bool = not cfg.insecure
@@ -135,7 +147,7 @@ class AioClient:
             limit_per_host=0,  # per-host limits are the pipeline's (adaptive, with rate and delay)
             use_dns_cache=True,
             ttl_dns_cache=300,
-            resolver=_Resolver(self._resolve, cfg.block_private),
+            resolver=_Resolver(self._resolve, cfg.block_private, self._proxy_hosts()),
             ssl=ssl_ctx,
         )
         self._session = aiohttp.ClientSession(

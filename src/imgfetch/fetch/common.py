@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import zlib
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,12 @@ OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", 
 #: Directives that carry a value after a colon, so "name: value" is not a user-agent scope.
 _VALUED_DIRECTIVES = frozenset({"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"})
 UA_TOKEN = "imgfetch"
+#: NAT64 well-known prefix (RFC 6052): the last 32 bits are an IPv4 address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: Deprecated IPv4-compatible addresses (RFC 4291 2.5.5.1), ``::a.b.c.d``.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+#: A user-agent token as it appears in ``token: directives`` (no spaces, so a date's time is not one).
+_UA_SCOPE = re.compile(r"[a-z0-9_.-]+")
 CHUNK = 64 * 1024
 
 
@@ -104,16 +111,19 @@ def next_hop(current: URL, location: str | None, hops: int, cfg: HttpConfig) -> 
 
 def is_blocked_address(address: str) -> bool:
     """True for anything but a public unicast address (loopback, private, link-local,
-    cloud metadata, CGNAT, multicast, reserved; IPv4-mapped IPv6 judged as IPv4)."""
+    cloud metadata, CGNAT, multicast, reserved).  An IPv6 address that carries an
+    IPv4 one (mapped, 6to4, NAT64, IPv4-compatible) is judged by the IPv4 address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return True
     if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped or ip.sixtofour
-        if mapped is not None:
-            ip = mapped
-    return not ip.is_global or ip.is_multicast
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and (ip in _NAT64 or ip in _IPV4_COMPATIBLE):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
+    return not ip.is_global or ip.is_multicast or ip.is_reserved
 
 
 def literal_ip(host: str) -> str | None:
@@ -138,9 +148,11 @@ def opted_out(values: Iterable[str]) -> str | None:
             if ":" in part:
                 name, _, rest = part.partition(":")
                 name = name.strip()
-                if name not in _VALUED_DIRECTIVES:
-                    scope = name
-                    part = rest.strip()
+                if name in _VALUED_DIRECTIVES or not _UA_SCOPE.fullmatch(name):
+                    # A valued directive, or the rest of one cut at a comma ("Friday, 25-Jun-10 15:00:00").
+                    continue
+                scope = name
+                part = rest.strip()
             if part in OPT_OUT_DIRECTIVES and scope in (None, UA_TOKEN):
                 return part
     return None

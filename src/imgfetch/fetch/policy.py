@@ -5,9 +5,11 @@ Shared by every engine, so all four make the same decisions.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import random
+import re
 from typing import TYPE_CHECKING
 
 from imgfetch.outcome import Reason
@@ -32,6 +34,12 @@ RETRYABLE_REASONS = frozenset(
         Reason.PROXY_ERROR.value,
     }
 )
+
+
+#: Longest Retry-After ever reported (a year); callers cap it much lower (``--max-retry-after``).
+MAX_RETRY_AFTER = 365 * 86400.0
+# ASCII only: str.isdigit() also accepts "²" and "١", which float() then rejects or misreads.
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 def is_retryable(reason: str | None) -> bool:
@@ -63,7 +71,8 @@ def backoff_delay(
     retries never bunch at zero, half is random so clients spread out.  A
     server's ``Retry-After`` wins when it asks for longer, up to ``max_retry_after``.
     """
-    step = min(cap, base * math.pow(2, attempt - 1))
+    # The exponent is clamped: 2**1024 overflows a float, and the cap is reached long before.
+    step = min(cap, base * math.ldexp(1.0, min(max(attempt - 1, 0), 64)))
     delay = step / 2 + rng() * step / 2
     if retry_after is not None:
         delay = max(delay, min(retry_after, max_retry_after))
@@ -74,16 +83,24 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad.
 
     ``now`` is the current Unix time, passed in so the function stays pure.
+    The header comes from an untrusted server: anything malformed is None, never
+    an exception, and the result is always finite and >= 0.
     """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _SECONDS.fullmatch(value):
+        # Only digits are delay-seconds (RFC 9110); a decimal fraction is tolerated.
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
+        # asctime dates and "-0000" carry no zone; HTTP dates are always GMT.
+        when = when.replace(tzinfo=datetime.UTC)
+    try:
+        seconds = when.timestamp() - now
+    except (OverflowError, ValueError, OSError):
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
