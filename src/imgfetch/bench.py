@@ -1,14 +1,895 @@
-"""``imgfetch bench``: the engines and the peers measured side by side (see benchmarks/README.md)."""
+"""``imgfetch bench``: the engines and the peers measured side by side, offline.
+
+What it does (details and results in benchmarks/README.md):
+
+1. builds, once, a corpus of real photos at realistic sizes (``benchmarks/corpus.py``,
+   cached under ``~/.cache/imgfetch/bench`` or ``--cache``);
+2. serves it with ``python -m imgfetch.server`` in a separate process on
+   127.0.0.1..N with a log-normal latency (median 80 ms), a fresh server per run
+   so each run's request counts and peak concurrency per host are its own;
+3. runs every tool as a subprocess on the same URL list into a fresh folder:
+   the four imgfetch engines, the classic ``ThreadPool(10)`` + ``requests``
+   script (``benchmarks/classic.py``), ``curl --parallel``, ``aria2c`` and,
+   with ``--with-img2dataset``, img2dataset in its own virtualenv;
+4. measures wall time, CPU seconds of the tool's whole process tree (rusage of
+   reaped children; the bench makes itself a subreaper so that orphaned
+   grandchildren are reaped and counted too) and the peak RSS of the tree
+   (summed over its processes, sampled every 50 ms);
+5. checks every output file (it must decode with Pillow; in the download-only
+   workload it must also be byte-identical to a corpus file);
+6. prints a table and writes ``results.json``, ``results.md`` and ``chart.png``.
+
+Workloads: W1 download only; W2 the same with ``--size 256`` (peers that cannot
+resize are not run in W2).  The processing ceiling (``images.process`` alone
+over the same bodies, on all cores) is measured in the same run for W2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
 import sys
-from typing import TYPE_CHECKING
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
+
+SAMPLE_EVERY = 0.05
+IMGFETCH_ENGINES = ("async", "threads", "processes", "loop")
+#: Files that tools write next to the images; everything else in an output folder must be an image.
+METADATA_SUFFIXES = frozenset({".json", ".jsonl", ".parquet", ".txt", ".sqlite", ".csv", ".log"})
+IMG2DATASET_SPEC = "img2dataset"
+SCALING_J = (16, 32, 64, 128, 256, 512)
+
+
+# ---- settings ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    urls: int
+    hosts: int
+    latency: float
+    corpus: int
+    seed: int
+    size: int
+    loop_urls: int
+    cache: Path
+    out: Path
+    tools: tuple[str, ...]
+    workloads: tuple[str, ...]
+    scaling: bool
+    scaling_urls: int
+    with_img2dataset: bool
+    keep_outputs: bool
+    repeat: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    size: int | None
+
+    @property
+    def title(self) -> str:
+        return "W1 download only" if self.size is None else f"W2 download + resize (--size {self.size})"
+
+
+@dataclasses.dataclass
+class Result:
+    workload: str
+    tool: str
+    urls: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    files: int
+    valid: int
+    returncode: int
+    server_requests: int | None = None
+    server_peak_per_host: int | None = None
+    note: str = ""
+    #: CPU seconds the image server spent during the run (not part of the tool's cost).
+    server_cpu_s: float | None = None
+    #: images/s of every repetition, when the tool ran more than once (the best run is reported).
+    runs: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.valid / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_per_1000(self) -> float:
+        return 1000 * self.cpu_s / self.valid if self.valid else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["images_per_s"] = round(self.images_per_s, 1)
+        d["cpu_s_per_1000"] = round(self.cpu_per_1000, 3) if self.valid else None
+        for k in ("wall_s", "cpu_s", "peak_rss_mb", "server_cpu_s"):
+            if d[k] is not None:
+                d[k] = round(d[k], 3)
+        return d
+
+
+# ---- locating the pieces ---------------------------------------------------
+def benchmarks_dir() -> Path:
+    """The repository's benchmarks/ folder (``imgfetch bench`` runs from a source checkout)."""
+    env = os.environ.get("IMGFETCH_BENCHMARKS")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "benchmarks")
+    for folder in candidates:
+        if (folder / "corpus.py").is_file():
+            return folder
+    raise SystemExit(
+        "imgfetch: error[bench-missing]: benchmarks/ not found: run 'imgfetch bench' from a source "
+        "checkout (pip install -e '.[bench]') or set IMGFETCH_BENCHMARKS=/path/to/benchmarks"
+    )
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for every tool: no proxy variables (all traffic is loopback)."""
+    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+
+
+# ---- the server ------------------------------------------------------------
+class Server:
+    """``python -m imgfetch.server`` in its own process, for one run."""
+
+    def __init__(self, folder: Path, hosts: int, latency: float, stats_file: Path) -> None:
+        self.stats_file = stats_file
+        stats_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "imgfetch.server", str(folder), "--hosts", str(hosts)]
+        cmd += ["--latency", str(latency), "--stats-file", str(stats_file)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=clean_env(), text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"image server did not start (said {line!r})")
+        self.port = int(line)
+        self.hosts = [f"127.0.0.{i + 1}" for i in range(hosts)]
+
+    def cpu_seconds(self) -> float | None:
+        """CPU the server has used so far (Linux): it shares the cores with the tool measured."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        try:
+            stats: dict[str, Any] = json.loads(self.stats_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return stats
+
+
+def url_list(entries: Sequence[dict[str, Any]], hosts: Sequence[str], port: int, count: int) -> list[str]:
+    """Row r asks host r mod H for corpus image r mod N: every host serves the whole mix."""
+    return [
+        f"http://{hosts[r % len(hosts)]}:{port}/img/{entries[r % len(entries)]['name']}" for r in range(count)
+    ]
+
+
+# ---- measuring a process tree ------------------------------------------------
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def _tree(pid: int) -> list[int]:
+    kids = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, ()))
+    return out
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss(pids: Sequence[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/statm", "rb") as fh:
+                total += int(fh.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    return _rss(_tree(pid))
+
+
+class TreeSampler:
+    """Peak RSS of a process tree; the tree is re-listed every few samples, which is
+    the costly part (a scan of /proc), while the known processes are read every time."""
+
+    RESCAN_EVERY = 4
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._pids: list[int] = [pid]
+        self._n = 0
+
+    def sample(self) -> None:
+        if self._n % self.RESCAN_EVERY == 0:
+            self._pids = _tree(self.pid)
+        self._n += 1
+        self.peak = max(self.peak, _rss(self._pids))
+
+
+def _become_subreaper() -> None:
+    """Orphaned grandchildren (e.g. a forkserver's workers) come to us, so their CPU is counted."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _own_children() -> set[int]:
+    return set(_children_map().get(os.getpid(), []))
+
+
+def _reap_strays(keep: set[int], timeout: float = 10.0) -> None:
+    """Wait for descendants that were reparented to us (children not in ``keep``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        strays = [p for p in _own_children() if p not in keep]
+        if not strays:
+            return
+        for pid in strays:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
+
+
+@dataclasses.dataclass
+class Measured:
+    wall_s: float
+    cpu_s: float
+    peak_rss: int
+    returncode: int
+
+
+def measure(cmd: Sequence[str], *, log: Path, cwd: Path | None = None) -> Measured:
+    """Run ``cmd`` to the end; wall time, CPU of the whole tree, peak RSS of the tree."""
+    keep = _own_children()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=clean_env(), cwd=cwd)
+        sampler = TreeSampler(proc.pid)
+        linux = sys.platform.startswith("linux")
+        try:
+            while proc.poll() is None:
+                if linux:
+                    sampler.sample()
+                time.sleep(SAMPLE_EVERY)
+        except BaseException:  # Ctrl-C: do not leave the tool running
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - started
+        peak = sampler.peak
+    _reap_strays(keep)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if not sys.platform.startswith("linux"):
+        peak = after.ru_maxrss * 1024
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measured(wall, cpu, peak, proc.returncode)
+
+
+# ---- checking outputs -------------------------------------------------------
+def _check_file(path: str, want: frozenset[str] | None) -> bool:
+    from PIL import Image
+
+    try:
+        data = Path(path).read_bytes()
+        if want is not None and hashlib.sha256(data).hexdigest() not in want:
+            return False
+        with Image.open(io.BytesIO(data)) as img:
+            # draft() decodes a JPEG at 1/8 scale: every byte of the stream is still parsed.
+            img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def output_files(folder: Path) -> list[Path]:
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() not in METADATA_SUFFIXES and ".imgfetch" not in p.parts
+    ]
+
+
+def verify(folder: Path, want: frozenset[str] | None, pool: concurrent.futures.Executor) -> tuple[int, int]:
+    """(files, valid): every non-metadata file must decode (and be a corpus file when ``want``)."""
+    files = output_files(folder)
+    ok = sum(pool.map(_check_file, [str(p) for p in files], [want] * len(files), chunksize=32))
+    return len(files), ok
+
+
+# ---- the tools -------------------------------------------------------------
+@dataclasses.dataclass
+class Context:
+    settings: Settings
+    bench: Path
+    work: Path
+    img2dataset: Path | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    name: str
+    #: (context, workload, urls, output folder) -> argv, or a string saying why it cannot run.
+    build: Callable[[Context, Workload, list[str], Path], list[str] | str]
+    resizes: bool = True
+    max_urls: Callable[[Settings], int] | None = None
+
+
+def _imgfetch(engine: str) -> Callable[[Context, Workload, list[str], Path], list[str] | str]:
+    def build(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str]:
+        listing = _write_list(ctx, urls)
+        cmd = [sys.executable, "-m", "imgfetch", str(listing), "-o", str(out), "-q", "--engine", engine]
+        if wl.size is not None:
+            cmd += ["--size", str(wl.size)]
+        return cmd
+
+    return build
+
+
+def _write_list(ctx: Context, urls: list[str]) -> Path:
+    listing = ctx.work / "urls.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    return listing
+
+
+def _ext(url: str) -> str:
+    return os.path.splitext(url.rsplit("/", 1)[-1])[1]
+
+
+def _classic(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str] | str:
+    if importlib.util.find_spec("requests") is None:
+        return "requests is not installed (pip install -e '.[bench]')"
+    cmd = [sys.executable, str(ctx.bench / "classic.py"), str(_write_list(ctx, urls)), str(out)]
+    return cmd + (["--size", str(wl.size)] if wl.size is not None else [])
+
+
+def _curl(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str] | str:
+    curl = shutil.which("curl")
+    if curl is None:
+        return "curl is not installed"
+    out.mkdir(parents=True, exist_ok=True)
+    config = ctx.work / "curl.cfg"
+    config.write_text(
+        "".join(f'url = "{u}"\noutput = "{out / f"{i:06d}{_ext(u)}"}"\n' for i, u in enumerate(urls))
+    )
+    return [
+        curl,
+        "--parallel",
+        "--parallel-max",
+        "64",
+        "--silent",
+        "--show-error",
+        "--fail",
+        "-K",
+        str(config),
+    ]
+
+
+def _aria2c(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str] | str:
+    aria2c = shutil.which("aria2c")
+    if aria2c is None:
+        return "aria2c is not installed (apt-get install aria2)"
+    listing = ctx.work / "aria2.txt"
+    listing.write_text("".join(f"{u}\n  out={i:06d}{_ext(u)}\n" for i, u in enumerate(urls)))
+    return [
+        aria2c,
+        "-i",
+        str(listing),
+        "-j",
+        "64",
+        "-d",
+        str(out),
+        "--quiet=true",
+        "--file-allocation=none",
+        "--auto-file-renaming=false",
+        "--allow-overwrite=true",
+        "--max-tries=3",
+    ]
+
+
+def _img2dataset(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str] | str:
+    if ctx.img2dataset is None:
+        return "opt in with --with-img2dataset"
+    cmd = [
+        str(ctx.img2dataset),
+        "--url_list",
+        str(_write_list(ctx, urls)),
+        "--input_format",
+        "txt",
+        "--output_folder",
+        str(out),
+        "--output_format",
+        "files",
+        "--processes_count",
+        "2",
+        "--thread_count",
+        "64",
+        "--timeout",
+        "60",
+        "--retries",
+        "3",
+        "--number_sample_per_shard",
+        "10000",
+        "--enable_wandb",
+        "False",
+    ]
+    if wl.size is None:
+        return [*cmd, "--resize_mode", "no", "--disable_all_reencoding", "True"]
+    return [*cmd, "--image_size", str(wl.size), "--resize_mode", "keep_ratio"]
+
+
+TOOLS: dict[str, Tool] = {
+    "imgfetch-async": Tool("imgfetch-async", _imgfetch("async")),
+    "imgfetch-threads": Tool("imgfetch-threads", _imgfetch("threads")),
+    "imgfetch-processes": Tool("imgfetch-processes", _imgfetch("processes")),
+    # One request at a time: a prefix of the list measures its (latency-bound) rate well enough.
+    "imgfetch-loop": Tool("imgfetch-loop", _imgfetch("loop"), max_urls=lambda s: s.loop_urls),
+    "classic": Tool("classic", _classic),
+    "curl": Tool("curl", _curl, resizes=False),
+    "aria2c": Tool("aria2c", _aria2c, resizes=False),
+    "img2dataset": Tool("img2dataset", _img2dataset),
+}
+QUICK_TOOLS = ("imgfetch-async", "classic")
+
+
+def ensure_img2dataset(cache: Path, log: Callable[[str], None]) -> Path:
+    """img2dataset from PyPI in its own virtualenv under the cache (created once)."""
+    venv = cache / "img2dataset-venv"
+    exe = venv / "bin" / "img2dataset"
+    if exe.is_file():
+        return exe
+    log(f"installing {IMG2DATASET_SPEC} from PyPI into {venv} (once)")
+    started = time.monotonic()
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", IMG2DATASET_SPEC],
+        check=True,
+        env=clean_env(),
+    )
+    log(f"img2dataset installed in {time.monotonic() - started:.0f} s")
+    return exe
+
+
+# ---- the processing ceiling ---------------------------------------------------
+def _process_batch(paths: list[str], size: int) -> int:
+    from imgfetch import images
+    from imgfetch.config import ImageConfig
+
+    cfg = ImageConfig(size=(size, size), resize="fit")
+    done = 0
+    for path in paths:
+        body = Path(path).read_bytes()
+        if isinstance(images.process(body, cfg), images.Processed):
+            done += 1
+    return done
+
+
+def processing_ceiling(folder: Path, names: list[str], size: int) -> Result:
+    """images.process alone over the same bodies on all cores: the physical limit of W2."""
+    workers = os.cpu_count() or 1
+    keep = _own_children()
+    batches = [[str(folder / n) for n in names[i : i + 25]] for i in range(0, len(names), 25)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        done = sum(pool.map(_process_batch, batches, [size] * len(batches)))
+    wall = time.perf_counter() - started
+    _reap_strays(keep)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Result("W2", "processing ceiling", len(names), wall, cpu, 0.0, len(names), done, 0, note="no I/O")
+
+
+# ---- running ---------------------------------------------------------------
+def best(runs: Sequence[Result]) -> Result:
+    """The fastest of a tool's repetitions (on a shared machine, the least disturbed one)."""
+    top = max(runs, key=lambda r: r.images_per_s)
+    if len(runs) > 1:
+        top.runs = [round(r.images_per_s, 1) for r in runs]
+    return top
+
+
+class Bench:
+    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+        self.s = settings
+        self.log = log
+        self.bench = benchmarks_dir()
+        self.corpus_dir = settings.cache / f"corpus-seed{settings.seed}"
+        self.entries: list[dict[str, Any]] = []
+        self.results: list[Result] = []
+        self.scaling: dict[str, list[dict[str, Any]]] = {}
+        self._last_stats: dict[str, Any] = {}
+
+    def build_corpus(self) -> None:
+        cmd = [sys.executable, str(self.bench / "corpus.py"), str(self.corpus_dir)]
+        cmd += ["--count", str(self.s.corpus), "--seed", str(self.s.seed)]
+        subprocess.run(cmd, check=True, env=clean_env())
+        meta = json.loads((self.corpus_dir / "index.json").read_text())
+        self.entries = [e for e in meta["images"] if e["index"] < self.s.corpus]
+
+    @contextlib.contextmanager
+    def server(self, latency: float, stats: Path) -> Iterator[Server]:
+        srv = Server(self.corpus_dir, self.s.hosts, latency, stats)
+        try:
+            yield srv
+        finally:
+            self._last_stats = srv.stop()
+
+    def run_tool(
+        self,
+        ctx: Context,
+        tool: Tool,
+        wl: Workload,
+        count: int,
+        pool: concurrent.futures.Executor,
+        *,
+        latency: float | None = None,
+        extra: Sequence[str] = (),
+        label: str | None = None,
+    ) -> Result | None:
+        name = label or tool.name
+        if tool.max_urls is not None:
+            count = min(count, tool.max_urls(self.s))
+        out = ctx.work / f"out-{wl.name}-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        with self.server(self.s.latency if latency is None else latency, ctx.work / "stats.json") as srv:
+            urls = url_list(self.entries, srv.hosts, srv.port, count)
+            cmd = tool.build(ctx, wl, urls, out)
+            if isinstance(cmd, str):
+                self.log(f"  {name}: skipped: {cmd}")
+                return None
+            cmd = [*cmd, *extra]
+            self.log(f"  {name}: {count} URLs ...")
+            server_before = srv.cpu_seconds()
+            m = measure(cmd, log=ctx.work / f"{wl.name}-{name}.log")
+            server_after = srv.cpu_seconds()
+        stats = self._last_stats
+        want = frozenset(e["sha256"] for e in self.entries) if wl.size is None else None
+        files, valid = verify(out, want, pool) if out.exists() else (0, 0)
+        if not self.s.keep_outputs:
+            shutil.rmtree(out, ignore_errors=True)
+        peak_host = max(stats.get("peak", {}).values(), default=None)
+        note = f"exit {m.returncode}; see {ctx.work / f'{wl.name}-{name}.log'}" if m.returncode else ""
+        res = Result(
+            wl.name, name, count, m.wall_s, m.cpu_s, m.peak_rss / 1e6, files, valid, m.returncode,
+            stats.get("requests"), peak_host, note,
+        )  # fmt: skip
+        if server_before is not None and server_after is not None:
+            res.server_cpu_s = server_after - server_before
+        self.log(
+            f"  {name}: {res.images_per_s:.0f} images/s, {res.cpu_per_1000:.2f} CPU s/1000,"
+            f" {res.peak_rss_mb:.0f} MB, {valid}/{count} valid"
+        )
+        return res
+
+    def run(self) -> None:
+        s = self.s
+        self.log(f"corpus: {s.corpus} images (seed {s.seed}) in {self.corpus_dir}")
+        self.build_corpus()
+        _become_subreaper()
+        i2d = ensure_img2dataset(s.cache, self.log) if s.with_img2dataset else None
+        workloads = [Workload(w, None if w == "W1" else s.size) for w in s.workloads]
+        with (
+            tempfile.TemporaryDirectory(prefix="imgfetch-bench-", dir=s.cache) as tmp,
+            concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool,
+        ):
+            ctx = Context(s, self.bench, Path(tmp), i2d)
+            for wl in workloads:
+                self.log(
+                    f"{wl.title}: {s.urls} URLs, {s.hosts} hosts, latency median {s.latency * 1000:g} ms"
+                )
+                tools = [TOOLS[n] for n in s.tools if wl.size is None or TOOLS[n].resizes]
+                names = [self.entries[r % len(self.entries)]["name"] for r in range(s.urls)]
+                runs: dict[str, list[Result]] = {}
+                # Repetitions go round-robin, so a burst of load elsewhere hits every tool alike.
+                for rep in range(s.repeat):
+                    if s.repeat > 1:
+                        self.log(f" repetition {rep + 1} of {s.repeat}")
+                    for tool in tools:
+                        res = self.run_tool(ctx, tool, wl, s.urls, pool)
+                        if res is not None:
+                            runs.setdefault(tool.name, []).append(res)
+                    if wl.size is not None:
+                        ceiling = processing_ceiling(self.corpus_dir, names, wl.size)
+                        self.log(f"  processing ceiling: {ceiling.images_per_s:.0f} images/s")
+                        runs.setdefault(ceiling.tool, []).append(ceiling)
+                self.results += [best(r) for r in runs.values()]
+            if s.scaling:
+                self.run_scaling(ctx, pool)
+
+    def run_scaling(self, ctx: Context, pool: concurrent.futures.Executor) -> None:
+        s = self.s
+        tool = TOOLS["imgfetch-async"]
+        wl = Workload("W1", None)
+        self.log(f"scaling (imgfetch async, W1, {s.scaling_urls} URLs)")
+        points: list[tuple[str, float, int, list[str]]] = [
+            ("latency", latency, 128, []) for latency in (0.02, 0.08, 0.3)
+        ]
+        # --per-host j: the per-host limit must not be what binds in this sweep.
+        points += [("concurrency", s.latency, j, ["-j", str(j), "--per-host", str(j)]) for j in SCALING_J]
+        runs: dict[tuple[str, float, int], list[Result]] = {}
+        for _ in range(s.repeat):
+            for key, latency, j, extra in points:
+                label = f"latency-{latency:g}" if key == "latency" else f"j-{j}"
+                res = self.run_tool(
+                    ctx, tool, wl, s.scaling_urls, pool, latency=latency, extra=extra, label=label
+                )
+                if res is not None:
+                    runs.setdefault((key, latency, j), []).append(res)
+        for (key, latency, j), results in runs.items():
+            row = {"latency_s": latency, "concurrency": j, **best(results).to_dict()}
+            self.scaling.setdefault(key, []).append(row)
+
+
+# ---- reporting -------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+def table(results: Sequence[Result], workload: str) -> str:
+    rows = [r for r in results if r.workload == workload]
+    if not rows:
+        return ""
+    classic = next((r for r in rows if r.tool == "classic" and r.images_per_s), None)
+    head = (
+        "| tool | URLs | images/s | vs classic | CPU s / 1000 images | peak RSS MB | valid"
+        " | peak/host | server CPU s / 1000 |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        ratio = f"{r.images_per_s / classic.images_per_s:.1f}x" if classic else ""
+        cpu = f"{r.cpu_per_1000:.2f}" if r.valid else "-"
+        rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-"
+        peak = "" if r.server_peak_per_host is None else str(r.server_peak_per_host)
+        valid = f"{r.valid}/{r.urls}" + (f" ({r.note})" if r.note else "")
+        server = f"{1000 * r.server_cpu_s / r.valid:.2f}" if r.server_cpu_s is not None and r.valid else ""
+        lines.append(
+            f"| {r.tool} | {r.urls} | {r.images_per_s:.0f} | {ratio} | {cpu} | {rss} | {valid} | {peak}"
+            f" | {server} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any], results: Sequence[Result]) -> str:
+    m = report["machine"]
+    parts = [
+        "# imgfetch bench",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['system']}",
+        "",
+        f"Corpus: {report['corpus']}",
+        "",
+        f"Server: {report['settings']['hosts']} hosts on 127.0.0.x, log-normal latency,"
+        f" median {report['settings']['latency'] * 1000:g} ms",
+    ]
+    repeat = report["settings"]["repeat"]
+    if repeat > 1:
+        parts += ["", f"Each figure is the best of {repeat} round-robin runs (every run is in results.json)."]
+    for wl, title in (("W1", "W1 download only"), ("W2", f"W2 --size {report['settings']['size']}")):
+        t = table(results, wl)
+        if t:
+            parts += ["", f"## {title}", "", t]
+    for key, label in (("latency", "latency_s"), ("concurrency", "concurrency")):
+        rows = report.get("scaling", {}).get(key)
+        if rows:
+            parts += ["", f"## Scaling by {key} (imgfetch async, W1)", ""]
+            parts += [f"| {label} | images/s | CPU s / 1000 images | peak RSS MB |", "|---|---|---|---|"]
+            for row in rows:
+                parts.append(
+                    f"| {row[label]:g} | {row['images_per_s']:.0f} | {row['cpu_s_per_1000']} |"
+                    f" {row['peak_rss_mb']:.0f} |"
+                )
+    return "\n".join(parts) + "\n"
+
+
+def write_reports(bench: Bench, command: str) -> dict[str, Any]:
+    s = bench.s
+    s.out.mkdir(parents=True, exist_ok=True)
+    sizes = sorted(e["width"] * e["height"] for e in bench.entries)
+    nbytes = sorted(e["bytes"] for e in bench.entries)
+    formats: dict[str, int] = {}
+    for e in bench.entries:
+        formats[e["format"]] = formats.get(e["format"], 0) + 1
+    corpus = (
+        f"{len(bench.entries)} distinct images (seed {s.seed}), median {sizes[len(sizes) // 2] / 1e6:.2f} MP,"
+        f" largest {max(max(e['width'], e['height']) for e in bench.entries)} px,"
+        f" median {nbytes[len(nbytes) // 2] / 1e3:.0f} kB; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(formats.items()))
+    )
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()}
+    report: dict[str, Any] = {
+        "command": command,
+        "machine": machine(),
+        "corpus": corpus,
+        "settings": settings,
+        "results": [r.to_dict() for r in bench.results],
+        "scaling": bench.scaling,
+    }
+    (s.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (s.out / "results.md").write_text(markdown(report, bench.results))
+    return report
+
+
+def draw_chart(bench_dir: Path, out: Path, log: Callable[[str], None]) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        log("chart skipped: matplotlib is not installed (pip install -e '.[bench]')")
+        return
+    cmd = [sys.executable, str(bench_dir / "chart.py"), str(out / "results.json"), str(out / "chart.png")]
+    done = subprocess.run(cmd, env=clean_env(), check=False)
+    if done.returncode == 0:
+        log(f"chart: {out / 'chart.png'}")
+    else:
+        log("chart failed (see above)")
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="imgfetch bench",
+        description="Measure the imgfetch engines and their peers on a local image server (offline).",
+    )
+    ap.add_argument("--quick", action="store_true", help="a small version (a few hundred URLs, < 1 minute)")
+    ap.add_argument("--scaling", action="store_true", help="also: latency 20/80/300 ms and -j 16..512")
+    ap.add_argument("--with-img2dataset", action="store_true", help="install img2dataset (PyPI) and run it")
+    ap.add_argument(
+        "--out", type=Path, default=Path("imgfetch-bench"), help="reports (default: ./imgfetch-bench)"
+    )
+    ap.add_argument("--cache", type=Path, help="corpus and virtualenvs (default: ~/.cache/imgfetch/bench)")
+    ap.add_argument("--urls", type=int, help="URLs per workload (default: 5000; quick: 300)")
+    ap.add_argument("--hosts", type=int, help="server addresses 127.0.0.1..N (default: 20; quick: 5)")
+    ap.add_argument("--latency", type=float, default=0.08, help="median seconds (default: 0.08)")
+    ap.add_argument("--corpus", type=int, help="distinct images (default: 1000; quick: 100)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=256, help="W2's --size (default: 256)")
+    ap.add_argument(
+        "--loop-urls", type=int, default=300, help="URLs for the one-at-a-time engine (default: 300)"
+    )
+    ap.add_argument("--scaling-urls", type=int, default=2000)
+    ap.add_argument("--tools", help=f"comma-separated subset of: {', '.join(TOOLS)}")
+    ap.add_argument("--workloads", default="W1,W2", help="default: W1,W2")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep each tool's downloaded files")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run every tool N times, round-robin, and report its best run"
+    )
+    return ap.parse_args(list(argv))
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    if args.tools:
+        tools = tuple(t.strip() for t in args.tools.split(",") if t.strip())
+        unknown = [t for t in tools if t not in TOOLS]
+        if unknown:
+            raise SystemExit(
+                f"imgfetch: error[bad-option]: unknown tool(s) {unknown}; known: {', '.join(TOOLS)}"
+            )
+    else:
+        tools = QUICK_TOOLS if quick else tuple(TOOLS)
+    if args.with_img2dataset and "img2dataset" not in tools:
+        tools = (*tools, "img2dataset")
+    if not args.with_img2dataset:
+        tools = tuple(t for t in tools if t != "img2dataset")
+    workloads = tuple(w.strip().upper() for w in args.workloads.split(",") if w.strip())
+    if not set(workloads) <= {"W1", "W2"}:
+        raise SystemExit("imgfetch: error[bad-option]: --workloads takes W1, W2 or both")
+    cache = (
+        args.cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgfetch" / "bench"
+    )
+    return Settings(
+        urls=args.urls or (300 if quick else 5000),
+        hosts=args.hosts or (5 if quick else 20),
+        latency=args.latency,
+        corpus=args.corpus or (100 if quick else 1000),
+        seed=args.seed,
+        size=args.size,
+        loop_urls=min(args.loop_urls, 100) if quick else args.loop_urls,
+        cache=cache.expanduser().resolve(),
+        out=args.out.resolve(),
+        tools=tools,
+        workloads=workloads,
+        scaling=args.scaling,
+        scaling_urls=args.scaling_urls,
+        with_img2dataset=args.with_img2dataset,
+        keep_outputs=args.keep_outputs,
+        repeat=max(1, args.repeat),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("imgfetch: error[not-built]: 'imgfetch bench' is not built yet (issue 6)", file=sys.stderr)
-    return 1
+    argv = list(sys.argv[2:] if argv is None else argv)
+    if not sys.platform.startswith("linux"):
+        print(
+            "imgfetch: note: bench measures process trees through /proc; figures are Linux-only",
+            file=sys.stderr,
+        )
+    settings = settings_from(parse(argv))
+    settings.cache.mkdir(parents=True, exist_ok=True)
+
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"bench [{time.monotonic() - started:5.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    bench = Bench(settings, log)
+    bench.run()
+    command = "imgfetch bench" + "".join(f" {shlex.quote(a)}" for a in argv)
+    report = write_reports(bench, command)
+    m = report["machine"]
+    print(f"\nimgfetch bench — {m['cores']} cores, {m['cpu']}, Python {m['python']}")
+    for wl in settings.workloads:
+        print(f"\n{wl}\n{table(bench.results, wl)}")
+    draw_chart(bench.bench, settings.out, log)
+    log(f"reports in {settings.out} ({time.monotonic() - started:.0f} s)")
+    failed = [r for r in bench.results if r.tool.startswith("imgfetch") and r.valid < r.urls]
+    return 1 if failed else 0

@@ -1,0 +1,108 @@
+"""``imgfetch bench``: the pieces, and a smoke run of ``--quick`` (no timing assertions)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from PIL import Image
+
+from imgfetch import bench
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its process pool pickles functions by module name
+    spec.loader.exec_module(module)
+    return module
+
+
+def jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (seed * 40 % 256, 90, 160)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_url_list_spreads_rows_over_hosts_and_images() -> None:
+    entries = [{"name": f"{i:05d}.jpg"} for i in range(3)]
+    urls = bench.url_list(entries, ["127.0.0.1", "127.0.0.2"], 8080, 5)
+    assert urls == [
+        "http://127.0.0.1:8080/img/00000.jpg",
+        "http://127.0.0.2:8080/img/00001.jpg",
+        "http://127.0.0.1:8080/img/00002.jpg",
+        "http://127.0.0.2:8080/img/00000.jpg",
+        "http://127.0.0.1:8080/img/00001.jpg",
+    ]
+
+
+def test_verify_counts_only_whole_images_and_for_w1_only_corpus_bytes(tmp_path: Path) -> None:
+    good, other = jpeg(1), jpeg(2)
+    (tmp_path / "a.jpg").write_bytes(good)
+    (tmp_path / "b.jpg").write_bytes(other)
+    (tmp_path / "c.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    want = frozenset({hashlib.sha256(good).hexdigest(), hashlib.sha256(good[: len(good) // 2]).hexdigest()})
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        assert bench.verify(tmp_path, None, pool) == (3, 2)  # the cut JPEG does not decode
+        assert bench.verify(tmp_path, want, pool) == (3, 1)  # b.jpg is not a corpus file
+
+
+def test_table_compares_with_classic() -> None:
+    rows = [
+        bench.Result("W1", "imgfetch-async", 100, 1.0, 0.5, 60.0, 100, 100, 0),
+        bench.Result("W1", "classic", 100, 10.0, 2.0, 40.0, 100, 100, 0),
+    ]
+    text = bench.table(rows, "W1")
+    assert "| imgfetch-async | 100 | 100 | 10.0x | 5.00 | 60 | 100/100 |  |  |" in text
+
+
+def test_corpus_is_deterministic_and_grows_as_a_prefix(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    corpus = load("corpus")
+    small = corpus.build(tmp_path / "a", 2, seed=3)
+    big = corpus.build(tmp_path / "b", 3, seed=3)
+    assert [e["sha256"] for e in small] == [e["sha256"] for e in big[:2]]
+    again = corpus.build(tmp_path / "a", 3, seed=3)  # grows the cached folder
+    assert [e["sha256"] for e in again] == [e["sha256"] for e in big]
+    for e in big:
+        with Image.open(tmp_path / "b" / e["name"]) as img:
+            assert img.format == e["format"] and img.size == (e["width"], e["height"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    out = tmp_path / "report"
+    # --quick with a smaller list and corpus keeps CI lean; every step still runs.
+    cmd = [sys.executable, "-m", "imgfetch", "bench", "--quick", "--urls", "80", "--corpus", "20"]
+    cmd += ["--out", str(out), "--cache", str(tmp_path / "cache")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=380, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    rows = {(r["workload"], r["tool"]): r for r in report["results"]}
+    for wl in ("W1", "W2"):
+        row = rows[(wl, "imgfetch-async")]
+        assert row["valid"] == row["files"] == row["urls"] == 80
+        assert row["cpu_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["server_requests"] == 80
+        assert row["server_cpu_s"] is not None
+    assert rows[("W2", "processing ceiling")]["valid"] == 80
+    assert "## W1 download only" in (out / "results.md").read_text()
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    assert (out / "chart.png").is_file() == has_matplotlib
