@@ -57,6 +57,12 @@ def download(
     ``download("cats.txt", "cats", concurrency=64, size=256, name="index")``.
     Raises :class:`~imgfetch.errors.ImgfetchError` only when the run cannot
     happen at all; per-URL failures are in the manifest and the Summary.
+
+    Calling it again with the same ``out`` resumes: rows already done there
+    are skipped (``Summary.already_done``), ``retry_failed=True`` /
+    ``retry_all_failed=True`` redo failed rows, ``overwrite=True`` starts
+    afresh, and a changed input or output-shaping option raises
+    :class:`~imgfetch.errors.ResumeConflict` unless ``force=True``.
     """
     cfg = config(source, out, **options)
     return run_config(cfg, stdin=stdin, on_outcome=on_outcome)
@@ -93,11 +99,14 @@ def _install_signal_handlers(run: pipeline.Run) -> None:
     def on_signal(signum: int) -> None:
         if run.stopping:
             # Second Ctrl-C: leave now.  Files are only ever renamed into place when
-            # complete and the record of done rows is flushed, so this is still safe.
-            run.flush_now()
-            sys.stderr.write("\nimgfetch: interrupted again, exiting now\n")
-            sys.stderr.flush()
-            os._exit(130)
+            # complete and the outcomes recorded so far are committed here, so this
+            # is still safe: anything else is redone by the next run.
+            try:
+                run.flush_now()
+            finally:
+                sys.stderr.write("\nimgfetch: interrupted again, exiting now\n")
+                sys.stderr.flush()
+                os._exit(130)
         name = signal.Signals(signum).name
         sys.stderr.write(f"\nimgfetch: {name}: finishing rows in flight (Ctrl-C again to quit now)\n")
         run.stop()

@@ -12,8 +12,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from imgfetch import api
 from imgfetch._version import __version__

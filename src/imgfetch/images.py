@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import importlib.util
 import math
+import re
 from io import BytesIO
 from typing import TYPE_CHECKING, Final
 
@@ -160,8 +161,14 @@ def _raise_bomb_limit(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+_OBJECT_AT = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
 def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # Pillow names the BytesIO by address ("<_io.BytesIO object at 0x7f...>"): drop it so
+    # manifests of the same input are identical from run to run.
+    message = _OBJECT_AT.sub("data", str(exc))
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -4,8 +4,20 @@ The pipeline reads rows in input order, claims each row's name there (so names
 never depend on completion order), then runs each row as a task: per-host
 gate, global limit, the engine's attempt, the shared retry policy, the image
 check (header only, in the event loop) or processing (in a process pool), an
-atomic write, and one :class:`~imgfetch.outcome.Outcome`.  Memory is bounded:
-at most ``window`` rows are in flight, and the reader waits for a free slot.
+atomic write, and one :class:`~imgfetch.outcome.Outcome`.
+
+Resume (see :mod:`imgfetch.ledger`): outcomes are batched in memory and
+committed to the ledger, then appended to the manifest, every
+:data:`FLUSH_EVERY` seconds, every :data:`FLUSH_ROWS` rows and at the end.  A
+file is renamed into place before its outcome is recorded, so whatever a
+crash interrupts is redone.  On start the run checks that the input and the
+output-shaping options are those of the last run in the folder, cleans up
+after a killed run, and then skips the rows the ledger holds as final with a
+merge-join of the input against the ledger in row order.
+
+Memory is bounded: at most ``window`` rows are in flight (the reader waits for
+a free slot), the ledger is read in pages, names are claimed one folder at a
+time, and the per-host failure counts are pruned (:data:`HOSTS_KEPT`).
 """
 
 from __future__ import annotations
@@ -13,23 +25,30 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from imgfetch import images, naming, sources
-from imgfetch.errors import OutputError
+from imgfetch import ledger as ledgers
+from imgfetch._version import __version__
+from imgfetch.errors import ConfigError, OutputError, ResumeConflict
 from imgfetch.fetch.common import Fault, Fetched, parse_url
 from imgfetch.fetch.hosts import HostTable
 from imgfetch.fetch.policy import backoff_delay, is_retryable
+from imgfetch.ledger import Entry, Fingerprint, Ledger
 from imgfetch.outcome import Outcome, Reason, Status, Summary, status_for
-from imgfetch.sinks import FATAL_ERRNOS, FileSink, ManifestWriter
+from imgfetch.sinks import FATAL_ERRNOS, FileSink, read_manifest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
     from yarl import URL
 
@@ -39,7 +58,18 @@ log = logging.getLogger("imgfetch")
 
 #: Statuses with which a host says "too much": they shrink its allowed concurrency.
 _SLOW_DOWN = frozenset({429, 503})
-FLUSH_EVERY = 1.0
+#: Seconds between ledger commits; a kill loses at most this much finished work.
+FLUSH_EVERY = 0.5
+#: Outcomes per ledger commit at most: one transaction per batch keeps SQLite off the critical path.
+FLUSH_ROWS = 2000
+#: Failure counts kept per host: pruned to the top ones so a list of millions of hosts stays bounded.
+HOSTS_KEPT = 10_000
+#: The reader yields to the event loop this often, so signals and flushes run while it skips rows.
+YIELD_EVERY = 1000
+CONFLICT_HINT = "use --overwrite to start afresh or --force to mix"
+#: Rows per block of the resume merge-join: the folder size when it is at most MAX_BLOCK.
+DEFAULT_BLOCK = 10_000
+MAX_BLOCK = 100_000
 
 
 class Engine(Protocol):
@@ -85,7 +115,11 @@ class Run:
         self.on_outcome = on_outcome
         self._stopping = False
         self._sink: FileSink | None = None
-        self._manifest: ManifestWriter | None = None
+        self._ledger: Ledger | None = None
+        self._batch: list[Entry] = []
+        self._resuming = False
+        self._unclaimed: list[sources.Row] = []
+        self._unclaimed_folder = -1
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,7 +136,11 @@ class Run:
     # ---- control ---------------------------------------------------------
     def stop(self, grace: float = 3.0) -> None:
         """Take no new rows; rows in flight get ``grace`` seconds to finish, then are
-        cancelled without an outcome, so the next run does them again (Ctrl-C, SIGTERM)."""
+        cancelled without an outcome, so the next run does them again (Ctrl-C, SIGTERM).
+
+        A row whose attempt fails transiently while stopping is not retried and
+        gets no outcome either: it is redone next time, not recorded as failed.
+        """
         if self._stopping:
             return
         self._stopping = True
@@ -114,9 +152,12 @@ class Run:
             task.cancel()
 
     def flush_now(self) -> None:
-        """Push recorded outcomes to disk now (before an immediate exit)."""
-        if self._manifest is not None:
-            self._manifest.flush()
+        """Commit recorded outcomes to the ledger and the manifest now (before an immediate exit).
+
+        Safe at any moment the event loop runs a callback (a signal handler):
+        commits are synchronous, so none is ever half done when this runs.
+        """
+        self._flush()
 
     @property
     def stopping(self) -> bool:
@@ -127,32 +168,151 @@ class Run:
         cfg = self.cfg
         started = time.monotonic()
         self._sink = FileSink(cfg.output.out)
-        self._manifest = ManifestWriter(self._sink.root / cfg.output.manifest, truncate=cfg.overwrite)
-        self._sink.remove_temporaries()
-        if cfg.image.decodes:
-            self._pool = _make_pool(self._workers)
-        flusher = asyncio.create_task(self._flush_periodically())
+        self._ledger = self._open_ledger(self._sink.root)
+        flusher: asyncio.Task[None] | None = None
         try:
+            if cfg.image.decodes:
+                self._pool = _make_pool(self._workers)
+            flusher = asyncio.create_task(self._flush_periodically())
             async with self.engine:
                 await self._dispatch()
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            if flusher is not None:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
-            self._manifest.close()
+            self._finish_ledger()
             self.summary.elapsed = time.monotonic() - started
             self.summary.interrupted = self._stopping
         if self._fatal is not None:
             raise self._fatal
         return self.summary
 
+    def _finish_ledger(self) -> None:
+        ledger = self._ledger
+        if ledger is None:
+            return
+        try:
+            self._flush()
+            # Rows redone this run left their older line behind: one record per row again.
+            if self._fatal is None and not ledger.manifest_consistent():
+                ledger.rewrite_manifest()
+        except OutputError as exc:
+            self._fatal = self._fatal or exc
+        finally:
+            ledger.close()
+            self._ledger = None
+
+    # ---- resume ----------------------------------------------------------
+    def _open_ledger(self, root: Path) -> Ledger:
+        """Open (or start) the ledger of ``root`` and make the folder fit to resume from.
+
+        In order: ``--overwrite`` wipes the previous run; a manifest without a
+        ledger is refused (or, with ``--force``, imported); the input and the
+        output-shaping options are compared with the last run's; temporaries
+        are deleted; files and ledger are reconciled; a manifest that does not
+        mirror the ledger is rewritten; this run's input and options are stored.
+        """
+        cfg = self.cfg
+        manifest = root / cfg.output.manifest
+        options = output_options(cfg)
+        existed = ledgers.exists(root)
+        imported = False
+        if cfg.overwrite:
+            old = Ledger(root, manifest) if existed else None
+            include_root = cfg.output.folder_size == 0 or (old is not None and _root_layout(old))
+            removed = ledgers.wipe(root, manifest, old, include_root=include_root)
+            if removed:
+                log.warning("--overwrite: deleted %d files of the previous run", removed)
+            existed = False
+        elif not existed and _has_content(manifest):
+            if not cfg.force:
+                raise ResumeConflict(
+                    f"'{root}' holds a manifest but no resume ledger (an older imgfetch, or "
+                    f"'{ledgers.LEDGER_DIR}' was deleted)",
+                    hint="use --overwrite to start afresh or --force to resume from the manifest",
+                )
+            imported = True
+        ledger = Ledger(root, manifest)
+        try:
+            fingerprint = self._check_previous(ledger, options) if existed else self._fingerprint(None)[0]
+            assert self._sink is not None
+            self._sink.remove_temporaries()
+            if imported:
+                _import_manifest(ledger, manifest)
+            if existed or imported:
+                include_root = cfg.output.folder_size == 0 or _root_layout(ledger)
+                done = ledgers.reconcile(ledger, include_root=include_root)
+                if done.removed or done.forgotten:
+                    log.warning(
+                        "resume: deleted %d files an interrupted run left unrecorded; "
+                        "%d done rows lost their file and will be done again",
+                        done.removed,
+                        done.forgotten,
+                    )
+                self._resuming = not ledger.is_empty()
+            if not ledger.manifest_consistent():
+                ledger.rewrite_manifest()
+            ledger.put(
+                {
+                    "input": fingerprint.to_json(),
+                    "options": json.dumps(options, sort_keys=True),
+                    "version": __version__,
+                    "started": str(time.time()),
+                }
+            )
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    def _fingerprint(self, old: Fingerprint | None) -> tuple[Fingerprint, str | None]:
+        source = self.cfg.input.source
+        if source == "-" or self._rows is not None:
+            return ledgers.UNKNOWN_SOURCE, None
+        return ledgers.compare_input(Path(source), old)
+
+    def _check_previous(self, ledger: Ledger, options: dict[str, Any]) -> Fingerprint:
+        """Refuse to mix with a run of another input or other output options (unless ``--force``)."""
+        old_input = Fingerprint.from_json(ledger.get_json("input"))
+        fingerprint, why = self._fingerprint(old_input)
+        old_options = ledger.get_json("options")
+        changed = ledgers.compare_options(old_options if isinstance(old_options, dict) else None, options)
+        reasons = [r for r in (why, changed) if r is not None]
+        if reasons and not self.cfg.force:
+            raise ResumeConflict(f"{'; '.join(reasons)} (in '{ledger.root}')", hint=CONFLICT_HINT)
+        if reasons:
+            log.warning("--force: resuming although %s", "; ".join(reasons))
+        return fingerprint
+
+    def _redo(self, ledger: Ledger) -> ledgers.Redo:
+        """Which rows the ledger holds as failed are done again in this run."""
+        if self.cfg.retry_all_failed:
+            return ledgers.Redo(all_failed=True)
+        if not self.cfg.retry_failed:
+            return ledgers.Redo()
+        return ledgers.Redo(reasons=tuple(r for r in ledger.failed_reasons() if is_retryable(r)))
+
+    # ---- recording -------------------------------------------------------
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            assert self._manifest is not None
-            self._manifest.flush()
+            self._flush()
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch or self._ledger is None:
+            return
+        self._batch = []
+        try:
+            self._ledger.record(batch)
+        except OutputError as exc:
+            # The batch's rows are not in the ledger: the next run redoes them.
+            if self._fatal is None:
+                self._fatal = exc
+            self.stop(grace=0.0)
 
     async def _dispatch(self) -> None:
         window = asyncio.Semaphore(self._window)
@@ -163,9 +323,43 @@ class Run:
             window.release()
 
         rows = self._rows if self._rows is not None else sources.read_rows(self.cfg.input, stdin=self._stdin)
+        ledger = self._ledger
+        assert ledger is not None
+        # Merge-join against the ledger in blocks of rows, both in row order: memory is one
+        # block.  A block done entirely (the common case on resume) costs one count query and
+        # then a comparison per row; only a mixed block brings its final rows into a set.
+        redo = self._redo(ledger) if self._resuming else None
+        size = self.cfg.output.folder_size
+        # Blocks are folders when that is bounded, so a finished block is a finished folder.
+        block = size if 0 < size <= MAX_BLOCK else DEFAULT_BLOCK
+        block_end = -1
+        final: set[int] | None = set()
+        since_yield = 0
         for row in rows:
             if self._stopping:
                 break
+            index = row.index
+            if index >= block_end:
+                block_start = index - index % block
+                block_end = block_start + block
+                final = ledger.final_rows(block_start, block_end, redo) if redo is not None else set()
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+                if self._stopping:
+                    break
+            if final is None:
+                self.summary.already_done += 1
+                if block != size:  # a finished block that is not a whole folder
+                    self._skip(row)
+                continue
+            if index in final:
+                self.summary.already_done += 1
+                self._skip(row)
+                continue
+            if self._unclaimed:
+                self._claim_skipped(index)
             job = self._prepare(row)
             if isinstance(job, Outcome):
                 self._record(job, None)
@@ -179,6 +373,28 @@ class Run:
             task.add_done_callback(done)
         while tasks:
             await asyncio.gather(*list(tasks), return_exceptions=True)
+
+    def _skip(self, row: sources.Row) -> None:
+        """A row done in an earlier run.  Its name must still be claimed before any later row of
+        its folder is named, so it waits in a per-folder buffer (at most one folder's rows) and
+        is claimed only if a row of the same folder has work to do.  A finished folder, the
+        common case on resume, claims nothing: that is most of the resume start-up time saved."""
+        size = self.cfg.output.folder_size
+        if size == 0:  # one folder for everything: claim now rather than buffer the whole list
+            self._namer.claim(row.index, row.url, row.extra)
+            return
+        folder = row.index // size
+        if folder != self._unclaimed_folder:
+            self._unclaimed.clear()
+            self._unclaimed_folder = folder
+        self._unclaimed.append(row)
+
+    def _claim_skipped(self, index: int) -> None:
+        size = self.cfg.output.folder_size
+        if size and index // size == self._unclaimed_folder:
+            for done in self._unclaimed:
+                self._namer.claim(done.index, done.url, done.extra)
+        self._unclaimed.clear()
 
     def _prepare(self, row: sources.Row) -> Job | Outcome:
         """Claim the row's name (in input order) and validate its URL."""
@@ -211,15 +427,20 @@ class Run:
         try:
             outcome = await self._fetch_and_save(job)
         except OutputError as exc:  # the disk is full or gone: stop the run, not just this row
-            self._fatal = exc
-            self._stopping = True
+            if self._fatal is None:
+                self._fatal = exc
+            self.stop(grace=0.0)
             return
         except Exception as exc:  # a bug must cost one row, never the run
+            if self._stopping:
+                return  # e.g. the process pool shut down under it: the next run redoes the row
             log.exception("internal error on row %d", job.row.index)
             outcome = self._failed(job.row, Reason.INTERNAL_ERROR.value, repr(exc)[:300], 0, job.started)
-        self._record(outcome, job.host)
+        if outcome is not None:
+            self._record(outcome, job.host)
 
-    async def _fetch_and_save(self, job: Job) -> Outcome:
+    async def _fetch_and_save(self, job: Job) -> Outcome | None:
+        """The row's outcome; None when the run is stopping and a retry could still have helped."""
         cfg = self.cfg
         http = cfg.http
         gate = self._hosts.get(job.host)
@@ -240,7 +461,10 @@ class Run:
                 gate.penalize(loop.time(), res.retry_after, http.max_retry_after)
             elif res.status is not None:
                 gate.reward()
-            if attempts > http.retries or not is_retryable(res.reason) or self._stopping:
+            retryable = is_retryable(res.reason)
+            if self._stopping and retryable and attempts <= http.retries:
+                return None
+            if attempts > http.retries or not retryable:
                 assert res.reason is not None
                 return self._failed(
                     job.row,
@@ -260,6 +484,8 @@ class Run:
                     max_retry_after=http.max_retry_after,
                 )
             )
+            if self._stopping:
+                return None
         body = res.body
         assert body is not None
         return await self._save(job, res, body, attempts)
@@ -335,9 +561,13 @@ class Run:
         )
 
     def _record(self, outcome: Outcome, host: str | None) -> None:
-        assert self._manifest is not None
-        self._manifest.write(outcome.to_record())
+        """Queue the row's outcome for the next ledger commit and count it."""
+        self._batch.append(_entry(outcome.to_record()))
+        if len(self._batch) >= FLUSH_ROWS:
+            self._flush()
         self.summary.add(outcome, host)
+        if outcome.status is Status.FAILED and len(self.summary.failed_hosts) > 2 * HOSTS_KEPT:
+            _prune(self.summary)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "row=%d status=%s reason=%s http=%s attempts=%d bytes=%s path=%s url=%s",
@@ -354,11 +584,111 @@ class Run:
             self.on_outcome(outcome)
 
 
+def output_options(cfg: RunConfig) -> dict[str, Any]:
+    """The options that decide what lands on disk and under which name, as stored in the ledger.
+
+    Concurrency, timeouts, retries and the like are free to change between
+    runs; these are not, or a resumed run would mix two kinds of output.
+    """
+    try:
+        fmt: str = sources.detect_format(cfg.input.source, cfg.input.format)
+    except ConfigError:  # rows handed to Run directly, from a source without a known format
+        fmt = "unknown"
+    opts: dict[str, Any] = {
+        "input-format": fmt,
+        "name": str(cfg.output.naming),
+        "folder-size": cfg.output.folder_size,
+        "folder-index": cfg.output.folder_index,
+    }
+    if fmt != "txt":
+        opts["url-col"] = cfg.input.url_col
+    image = dataclasses.asdict(cfg.image)
+    # Settings that cannot change a byte of this configuration's output are left out,
+    # so changing them does not count as a conflict.
+    if not cfg.image.transforms:
+        del image["quality"]
+    if cfg.image.resize != "pad":
+        del image["pad_color"]
+    for key, value in image.items():
+        opts[key.replace("_", "-")] = value
+    # A JSON round trip turns tuples into lists, as they come back from the ledger.
+    result: dict[str, Any] = json.loads(json.dumps(opts))
+    return result
+
+
+def _root_layout(ledger: Ledger) -> bool:
+    """True when the ledger's last run wrote images straight into the output folder."""
+    old = ledger.get_json("options")
+    return isinstance(old, dict) and old.get("folder-size") == 0
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (from a jsonl "\ud800" escape): keep it escaped
+            line = json.dumps(record, separators=(",", ":"))
+    return line
+
+
+def _entry(record: Mapping[str, Any]) -> Entry:
+    path = record.get("path")
+    folder: str | None = None
+    name: str | None = None
+    if isinstance(path, str) and path:
+        folder, _, name = path.rpartition("/")
+    reason = record.get("reason")
+    return Entry(
+        int(record["row"]),
+        str(Status(record["status"]).value),
+        reason if isinstance(reason, str) else None,
+        folder,
+        name,
+        _line(record),
+    )
+
+
+def _import_manifest(ledger: Ledger, manifest: Path) -> None:
+    """``--force`` over a manifest without ledger: its records become the ledger (last one wins)."""
+    batch: list[Entry] = []
+    for record in read_manifest(manifest):
+        try:
+            batch.append(_entry(record))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if len(batch) >= FLUSH_ROWS:
+            ledger.insert_only(batch)
+            batch = []
+    ledger.insert_only(batch)
+
+
+def _prune(summary: Summary) -> None:
+    """Keep the :data:`HOSTS_KEPT` hosts with most failures (the summary shows the top few)."""
+    top = summary.failed_hosts.most_common(HOSTS_KEPT)
+    summary.failed_hosts.clear()
+    summary.failed_hosts.update(dict(top))
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the parent decides what stops, not the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _make_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     # forkserver: never fork a process that runs an event loop and threads.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_ignore_sigint
+    )
 
 
 async def iterate(run: Run) -> AsyncIterator[Outcome]:

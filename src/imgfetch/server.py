@@ -282,7 +282,6 @@ class ImageServer:
             resp.content_length = len(first) * 2
             await resp.prepare(request)
             await resp.write(first)
-            await resp.drain()
             assert request.transport is not None
             request.transport.close()
             return resp

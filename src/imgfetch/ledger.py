@@ -1,0 +1,624 @@
+"""The resume ledger: each input row's final outcome, in SQLite, mirrored to the manifest.
+
+The only module that imports :mod:`sqlite3`.  ``OUT/.imgfetch/ledger.sqlite``
+(WAL, ``synchronous=NORMAL``: a killed process loses nothing committed, a
+power cut at most the last moments) holds
+
+* ``outcomes(row PRIMARY KEY, status, reason, folder, name, record)``: one row
+  per finished input row; ``record`` is the manifest line (JSON), ``folder`` and
+  ``name`` locate the saved file (NULL when there is none);
+* ``meta(key PRIMARY KEY, value)``: the input fingerprint and output-shaping
+  options of the last run, and what the manifest should hold.
+
+The index ``outcomes_status(row, status, reason)`` covers the resume scan and
+``count(*)``, which would otherwise walk every stored JSON record (about half
+a gigabyte per million rows); ``outcomes_file(folder, name)`` serves the
+reconciliation, one folder at a time.
+
+Write order, and what a crash can leave behind:
+
+1. an image is written to a temporary and renamed into place when complete;
+2. its outcome joins an in-memory batch; a batch is committed in one
+   transaction, which also advances ``manifest_bytes`` / ``manifest_lines`` in
+   ``meta`` to what the manifest will hold once the batch is appended;
+3. the batch's lines are appended to ``manifest.jsonl``.
+
+So after a kill there may be (a) temporaries, (b) final files whose rows are
+not in the ledger (renamed, not yet committed), (c) committed rows missing from
+the manifest.  On start the run deletes (a), :func:`reconcile` deletes (b) and
+forgets ok rows whose file has gone, and :meth:`Ledger.manifest_consistent`
+spots (c) in O(1) (size and line count against ``meta``) so the manifest is
+rewritten from the ledger, in row order, atomically.
+
+Everything is streamed or paged: the resume scan reads the ledger one block
+of rows at a time (:meth:`Ledger.final_rows`), listings and the manifest
+rewrite page through it :data:`PAGE` rows at a time, files are reconciled
+folder by folder, so memory stays bounded by the folder size however long the
+list is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+from imgfetch.errors import InputError, OutputError
+from imgfetch.naming import EXTENSIONS, UNKNOWN_EXTENSION
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, one run per folder is the user's job
+    fcntl = None  # type: ignore[assignment]
+
+LEDGER_DIR = ".imgfetch"
+LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = "lock"
+SCHEMA = "1"
+#: Rows per keyset page when streaming the ledger.
+PAGE = 10_000
+_CHUNK = 1 << 20
+#: File names imgfetch writes; only such files are ever deleted as leftovers.
+IMAGE_SUFFIXES = frozenset(EXTENSIONS.values()) | {UNKNOWN_EXTENSION}
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS outcomes(
+    row INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    reason TEXT,
+    folder TEXT,
+    name TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_file ON outcomes(folder, name) WHERE name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outcomes_status ON outcomes(row, status, reason);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Redo(NamedTuple):
+    """Which failed rows a run does again: all of them, or those failed for one of ``reasons``."""
+
+    all_failed: bool = False
+    reasons: tuple[str | None, ...] = ()
+
+    def condition(self) -> tuple[str, tuple[str | None, ...]]:
+        """An SQL condition true for the rows that stay final, and its parameters."""
+        if self.all_failed:
+            return "status != 'failed'", ()
+        if not self.reasons:
+            return "1", ()
+        marks = ", ".join("?" * len(self.reasons))
+        return f"NOT (status = 'failed' AND reason IN ({marks}))", self.reasons
+
+
+class Entry(NamedTuple):
+    """One row's final outcome as the ledger stores it; ``line`` is the manifest line."""
+
+    row: int
+    status: str
+    reason: str | None
+    folder: str | None
+    name: str | None
+    line: str
+
+
+def ledger_path(root: Path) -> Path:
+    return root / LEDGER_DIR / LEDGER_FILE
+
+
+def exists(root: Path) -> bool:
+    return ledger_path(root).is_file()
+
+
+def _output_error(what: str, exc: BaseException) -> OutputError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return OutputError(f"cannot {what}: {why}")
+
+
+class Ledger:
+    """An open ledger plus its manifest mirror.  Single-threaded: use it from the event loop only.
+
+    Opening takes an exclusive lock on ``.imgfetch/lock`` (released by the OS
+    even when the process is killed), so two runs never share an output folder.
+    """
+
+    def __init__(self, root: Path, manifest: Path) -> None:
+        self.root = root
+        self.manifest = manifest
+        folder = root / LEDGER_DIR
+        self._lock: IO[bytes] | None = None
+        self._mirror: IO[bytes] | None = None
+        try:
+            folder.mkdir(exist_ok=True)
+            self._take_lock(folder / LOCK_FILE)
+            self._db = sqlite3.connect(ledger_path(root), isolation_level=None, check_same_thread=True)
+        except (OSError, sqlite3.Error) as exc:
+            self._release_lock()
+            raise _output_error(f"open the resume ledger in '{folder}'", exc) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA_SQL)
+            schema = self.get("schema")
+            if schema is None:
+                self.put({"schema": SCHEMA})
+            elif schema != SCHEMA:
+                raise OutputError(
+                    f"the resume ledger in '{folder}' has schema {schema}, this imgfetch reads {SCHEMA}",
+                    hint="use --overwrite to start afresh",
+                )
+        except sqlite3.Error as exc:
+            self.close()
+            raise _output_error(f"use the resume ledger in '{folder}'", exc) from None
+        except OutputError:
+            self.close()
+            raise
+
+    def _take_lock(self, path: Path) -> None:
+        if fcntl is None:
+            return
+        self._lock = open(path, "ab")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._release_lock()
+            raise OutputError(
+                f"another imgfetch is writing to '{self.root}'", hint="wait for it or use another -o/--out"
+            ) from None
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    def close(self) -> None:
+        if self._mirror is not None:
+            with contextlib.suppress(OSError):
+                self._mirror.close()
+            self._mirror = None
+        with contextlib.suppress(sqlite3.Error, AttributeError):
+            self._db.close()
+        self._release_lock()
+
+    # ---- meta -------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_json(self, key: str) -> Any:
+        text = self.get(key)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+    def put(self, items: Mapping[str, str]) -> None:
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", items.items())
+        except sqlite3.Error as exc:
+            raise _output_error("write the resume ledger", exc) from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- rows -------------------------------------------------------------
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outcomes INDEXED BY outcomes_status").fetchone()[0])
+
+    def is_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is None
+
+    def record(self, entries: Sequence[Entry]) -> None:
+        """Commit ``entries`` (replacing earlier outcomes of the same rows), then append them
+        to the manifest.  Raises :class:`OutputError` when either cannot be written."""
+        if not entries:
+            return
+        data = ("\n".join(e.line for e in entries) + "\n").encode("utf-8")
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    entries,
+                )
+                self._advance_manifest(len(data), len(entries))
+        except sqlite3.Error as exc:
+            raise _output_error("write the resume ledger", exc) from None
+        try:
+            if self._mirror is None:
+                self._mirror = open(self.manifest, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+            _write_all(self._mirror, data)
+        except OSError as exc:
+            # The ledger has the rows; the next start sees the size mismatch and rewrites the manifest.
+            raise _output_error(f"write the manifest '{self.manifest}'", exc) from None
+
+    def _advance_manifest(self, nbytes: int, nlines: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES ('manifest_bytes', ?), ('manifest_lines', ?)"
+            " ON CONFLICT(key) DO UPDATE"
+            " SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
+            (str(nbytes), str(nlines)),
+        )
+
+    def insert_only(self, entries: Sequence[Entry]) -> None:
+        """Store ``entries`` without touching the manifest (importing a manifest)."""
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    entries,
+                )
+        except sqlite3.Error as exc:
+            raise _output_error("write the resume ledger", exc) from None
+
+    def forget(self, rows: Sequence[int]) -> None:
+        """Drop the outcomes of ``rows`` so the next pass does them again."""
+        if not rows:
+            return
+        try:
+            with self._transaction():
+                self._db.executemany("DELETE FROM outcomes WHERE row = ?", ((r,) for r in rows))
+        except sqlite3.Error as exc:
+            raise _output_error("write the resume ledger", exc) from None
+
+    def statuses(self, start: int = 0) -> Iterator[tuple[int, str, str | None]]:
+        """``(row, status, reason)`` in row order from ``start``, one short query per page.
+
+        Keyset pages (not one long cursor) so that the run can commit between
+        pages and the WAL can be checkpointed; rows committed meanwhile behind
+        the reader's position are simply not seen, which is what the reader wants.
+        """
+        last = start - 1
+        while True:
+            page = self._db.execute(
+                "SELECT row, status, reason FROM outcomes INDEXED BY outcomes_status"
+                " WHERE row > ? ORDER BY row LIMIT ?",
+                (last, PAGE),
+            ).fetchall()
+            yield from page
+            if len(page) < PAGE:
+                return
+            last = page[-1][0]
+
+    def failed_reasons(self) -> list[str | None]:
+        """The distinct reasons of failed rows (a handful; one scan of the status index)."""
+        sql = "SELECT DISTINCT reason FROM outcomes INDEXED BY outcomes_status WHERE status = 'failed'"
+        return [reason for (reason,) in self._db.execute(sql)]
+
+    def final_rows(self, lo: int, hi: int, redo: Redo) -> set[int] | None:
+        """The rows in ``[lo, hi)`` held as final, i.e. not to be done again under ``redo``;
+        None when all of them are (a finished block, answered by one count on the index)."""
+        cond, params = redo.condition()
+        sql = f"FROM outcomes INDEXED BY outcomes_status WHERE row >= ? AND row < ? AND {cond}"
+        (count,) = self._db.execute(f"SELECT count(*) {sql}", (lo, hi, *params)).fetchone()
+        if count == hi - lo:
+            return None
+        if count == 0:
+            return set()
+        return {row for (row,) in self._db.execute(f"SELECT row {sql}", (lo, hi, *params))}
+
+    def lines(self) -> Iterator[str]:
+        """Every stored manifest line, in row order (paged)."""
+        last = -1
+        while True:
+            page = self._db.execute(
+                "SELECT row, record FROM outcomes WHERE row > ? ORDER BY row LIMIT ?", (last, PAGE)
+            ).fetchall()
+            for _row, line in page:
+                yield line
+            if len(page) < PAGE:
+                return
+            last = page[-1][0]
+
+    def folders(self) -> Iterator[str]:
+        """Folders holding at least one recorded file (``""`` is the output folder itself)."""
+        found = self._db.execute("SELECT min(folder) FROM outcomes WHERE name IS NOT NULL").fetchone()[0]
+        while found is not None:
+            yield str(found)
+            found = self._db.execute(
+                "SELECT min(folder) FROM outcomes WHERE name IS NOT NULL AND folder > ?", (found,)
+            ).fetchone()[0]
+
+    def names_in(self, folder: str) -> set[str]:
+        """The recorded file names of ``folder``."""
+        cursor = self._db.execute(
+            "SELECT name FROM outcomes WHERE folder = ? AND name IS NOT NULL", (folder,)
+        )
+        return {name for (name,) in cursor}
+
+    def rows_of(self, folder: str, names: Iterable[str]) -> list[int]:
+        """The rows whose file is ``folder/name`` for one of ``names`` (hash naming may share one)."""
+        rows: list[int] = []
+        for name in names:
+            cursor = self._db.execute(
+                "SELECT row FROM outcomes WHERE folder = ? AND name = ? AND name IS NOT NULL", (folder, name)
+            )
+            rows.extend(row for (row,) in cursor)
+        return rows
+
+    # ---- manifest ---------------------------------------------------------
+    def manifest_consistent(self) -> bool:
+        """True when the manifest holds exactly the ledger's rows, once each.
+
+        Byte size and line count are checked against what ``meta`` says was
+        appended, and the line count against the ledger: a kill between commit
+        and append, a cut line, a deleted manifest or records replaced by a
+        retry (which leave the older line behind) all make this False.
+        """
+        try:
+            size = self.manifest.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        expected = int(self.get("manifest_bytes") or 0)
+        lines = int(self.get("manifest_lines") or 0)
+        return size == expected and lines == self.count()
+
+    def rewrite_manifest(self) -> None:
+        """Write the manifest afresh from the ledger, in row order, atomically (temp + rename)."""
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
+        tmp = self.manifest.with_name(f".{self.manifest.name}.imgfetch-rewrite")
+        nbytes = nlines = 0
+        try:
+            with open(tmp, "wb", buffering=1 << 20) as fh:
+                chunk: list[str] = []
+                for line in self.lines():
+                    chunk.append(line)
+                    if len(chunk) >= PAGE:
+                        nbytes += fh.write(("\n".join(chunk) + "\n").encode("utf-8"))
+                        nlines += len(chunk)
+                        chunk = []
+                if chunk:
+                    nbytes += fh.write(("\n".join(chunk) + "\n").encode("utf-8"))
+                    nlines += len(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.manifest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _output_error(f"rewrite the manifest '{self.manifest}'", exc) from None
+        self.put({"manifest_bytes": str(nbytes), "manifest_lines": str(nlines)})
+
+
+def _write_all(fh: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = fh.write(view)
+        view = view[written or 0 :]
+
+
+# ---- files on disk ---------------------------------------------------------
+
+
+def is_image_folder_name(name: str) -> bool:
+    """Numbered sub-folders (``00000``, ``00001`` ...) are imgfetch's own."""
+    return len(name) >= 5 and name.isascii() and name.isdigit()
+
+
+def _listdir(directory: Path) -> set[str]:
+    try:
+        return set(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def _ours(directory: Path, name: str) -> bool:
+    """True if ``name`` could be a file imgfetch wrote: not hidden, an image extension, a regular file."""
+    if name.startswith("."):
+        return False
+    dot = name.rfind(".")
+    if dot <= 0 or name[dot:] not in IMAGE_SUFFIXES:
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(directory / name).st_mode)
+    except OSError:
+        return False
+
+
+def _numbered_folders(root: Path) -> list[str]:
+    with os.scandir(root) as it:
+        return sorted(e.name for e in it if is_image_folder_name(e.name) and e.is_dir(follow_symlinks=False))
+
+
+class Reconciled(NamedTuple):
+    removed: int  # files on disk the ledger did not know, deleted
+    forgotten: int  # ok rows whose file had gone, dropped from the ledger
+
+
+def reconcile(ledger: Ledger, *, include_root: bool) -> Reconciled:
+    """Make the files on disk and the ledger agree, one folder at a time.
+
+    A file the ledger does not know was renamed into place by a run killed
+    before it could commit the row; the row is not done, so the file is deleted
+    (the row is fetched again under the same deterministic name).  An ok row
+    whose file has gone is forgotten, so it is fetched again.
+
+    Only files imgfetch could have written are ever deleted: regular,
+    non-hidden files with an image extension it uses, in its numbered
+    sub-folders (and in the output folder itself only when ``include_root``,
+    i.e. with ``--folder-size 0``, or when the ledger records files there).
+    Memory: one folder's names at a time.
+    """
+    root = ledger.root
+    removed = forgotten = 0
+    seen: set[str] = set()
+    for folder in ledger.folders():
+        seen.add(folder)
+        if folder and not is_image_folder_name(folder):
+            continue  # a layout this version does not write: leave it alone
+        directory = root / folder if folder else root
+        known = ledger.names_in(folder)
+        # Set differences first: the per-file checks only run on the (few) differences.
+        present = _listdir(directory)
+        removed += _delete(root, folder, [n for n in present - known if _ours(directory, n)])
+        missing = ledger.rows_of(folder, known - present)
+        ledger.forget(missing)
+        forgotten += len(missing)
+    folders = [f for f in _numbered_folders(root) if f not in seen]
+    if include_root and "" not in seen:
+        folders.append("")
+    for folder in folders:
+        directory = root / folder if folder else root
+        removed += _delete(root, folder, [n for n in _listdir(directory) if _ours(directory, n)])
+    return Reconciled(removed, forgotten)
+
+
+def _delete(root: Path, folder: str, names: Iterable[str]) -> int:
+    directory = root / folder if folder else root
+    count = 0
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+            count += 1
+    return count
+
+
+def wipe(root: Path, manifest: Path, ledger: Ledger | None, *, include_root: bool) -> int:
+    """``--overwrite``: delete what the previous run in ``root`` made; returns the files deleted.
+
+    With the previous run's ``ledger`` (closed here): every file it records,
+    the leftovers :func:`reconcile` would delete, numbered folders left empty,
+    and the ledger itself.  Always: the manifest and ``summary.json``.  Nothing
+    else: a file imgfetch did not write stays.
+    """
+    removed = 0
+    if ledger is not None:
+        try:
+            removed += reconcile(ledger, include_root=include_root).removed
+            for folder in list(ledger.folders()):
+                removed += _delete(root, folder, ledger.names_in(folder))
+        finally:
+            ledger.close()
+        for folder in _numbered_folders(root):
+            with contextlib.suppress(OSError):
+                (root / folder).rmdir()  # only succeeds when empty
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                ledger_path(root).with_name(LEDGER_FILE + suffix).unlink()
+    for path in (manifest, root / "summary.json"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return removed
+
+
+# ---- what the previous run was ------------------------------------------------
+
+
+class Fingerprint(NamedTuple):
+    """The input's identity: where it was, its size and SHA-256 (``source`` ``stdin``: unknown)."""
+
+    source: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps(self._asdict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, value: Any) -> Fingerprint | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(str(value["source"]), int(value["size"]), str(value["sha256"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+UNKNOWN_SOURCE = Fingerprint("stdin", -1, "")
+
+
+def compare_input(path: Path, old: Fingerprint | None) -> tuple[Fingerprint, str | None]:
+    """Hash the input at ``path``; return its fingerprint and why it differs from ``old`` (or None).
+
+    A list that only grew (the old bytes are a prefix of the new ones, and
+    the old last row was not extended) resumes fine: row indexes of the old
+    rows are unchanged.
+    One streaming pass; the old prefix's digest is taken on the way.
+    """
+    sha = hashlib.sha256()
+    prefix: str | None = None
+    last = following = b""  # the old content's last byte, and the byte after it now
+    size = 0
+    old_size = old.size if old is not None else -1
+    try:
+        with open(path, "rb") as fh:
+            if old is not None and old_size >= 0:
+                remaining = old_size
+                while remaining > 0 and (block := fh.read(min(_CHUNK, remaining))):
+                    sha.update(block)
+                    size += len(block)
+                    remaining -= len(block)
+                    last = block[-1:]
+                if remaining == 0:
+                    prefix = sha.hexdigest()
+            while block := fh.read(_CHUNK):
+                if size == old_size:
+                    following = block[:1]
+                sha.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise InputError(f"cannot read input '{path}': {exc.strerror or exc}") from None
+    now = Fingerprint(str(path.resolve()), size, sha.hexdigest())
+    if old is None or old.source == UNKNOWN_SOURCE.source:
+        return now, None
+    if old.size == now.size and old.sha256 == now.sha256:
+        return now, None
+    name = path.name
+    if old.size > now.size:
+        why = f"the input list changed since the last run ({name} is shorter than before)"
+    elif prefix != old.sha256:
+        why = f"the input list changed since the last run ({name} differs in its first {old.size:,} bytes)"
+    elif old.size > 0 and last != b"\n" and following not in (b"\n", b"\r"):
+        why = f"the input list changed since the last run (its last row, in {name}, was extended)"
+    else:
+        return now, None
+    if old.source != now.source:
+        why += f"; the last run read {old.source}"
+    return now, why
+
+
+def compare_options(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | None:
+    """A one-line account of the output-shaping options that differ, or None."""
+    if old is None:
+        return None
+    changes = [
+        f"{key} {_show(old.get(key))} -> {_show(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if not changes:
+        return None
+    return "options that shape the output changed since the last run: " + ", ".join(changes)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
