@@ -428,11 +428,6 @@ def test_delay_spaces_requests_to_a_host(tmp_path: Path, faults: FaultServer) ->
     assert faults.by_host(1)[0].start < faults.by_host(0)[-1].start
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py spaces requests when they take their per-host slot, before they queue for "
-    "the global one; it must call HostGate.try_start once it holds the global slot (see the report)",
-)
 def test_spacing_holds_when_the_global_limit_is_saturated(tmp_path: Path, faults: FaultServer) -> None:
     # One global slot, taken by a slow host: host 1's requests queue for it at their spaced
     # start times and must not then go out back to back when the slot frees up.
@@ -526,11 +521,6 @@ def test_retry_after_as_an_http_date_and_malformed(tmp_path: Path, faults: Fault
 # ---- a rate-limited host must not fill the pipeline's window ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py: rows of a backed-off host keep every window slot, so rows for other "
-    "hosts further down the list are not even started (see the report for the change)",
-)
 def test_rate_limited_host_does_not_hold_back_later_rows(tmp_path: Path, srv: ImageServer) -> None:
     limited = [srv.url(f"_/flaky/w{i}/9/429?retry_after=5", 0) for i in range(300)]
     healthy = [srv.url(f"img/a.jpg?i={i}", 1) for i in range(4)]

@@ -23,9 +23,11 @@ time, and the per-host failure counts are pruned (:data:`HOSTS_KEPT`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -66,6 +68,8 @@ FLUSH_ROWS = 2000
 HOSTS_KEPT = 10_000
 #: The reader yields to the event loop this often, so signals and flushes run while it skips rows.
 YIELD_EVERY = 1000
+#: Rows parked behind hosts that used up their share of the window, at most.
+PARK_MAX = 4096
 CONFLICT_HINT = "use --overwrite to start afresh or --force to mix"
 #: Rows per block of the resume merge-join: the folder size when it is at most MAX_BLOCK.
 DEFAULT_BLOCK = 10_000
@@ -317,9 +321,40 @@ class Run:
     async def _dispatch(self) -> None:
         window = asyncio.Semaphore(self._window)
         tasks = self._tasks
+        # One host may hold only a share of the window; the rest of its rows wait in
+        # ``parked`` (outside the window), so a host that is backing off or slow never
+        # keeps rows for other hosts further down the list from starting.
+        share = max(4 * self.cfg.http.per_host, 32)
+        in_window: dict[str, int] = {}
+        parked: dict[str, collections.deque[Job]] = {}
+        backlog = 0
+        room = asyncio.Event()
+        room.set()
 
-        def done(task: asyncio.Task[None]) -> None:
+        def start(job: Job) -> None:
+            in_window[job.host] = in_window.get(job.host, 0) + 1
+            task = asyncio.create_task(self._handle(job))
+            tasks.add(task)
+            task.add_done_callback(functools.partial(done, job.host))
+
+        def done(host: str, task: asyncio.Task[None]) -> None:
+            nonlocal backlog
             tasks.discard(task)
+            in_window[host] -= 1
+            if self._stopping:
+                room.set()  # parked rows are left for the next run; the reader must see the stop
+            queue = parked.get(host)
+            if queue and not self._stopping:
+                job = queue.popleft()  # takes over the finished row's window slot
+                if not queue:
+                    del parked[host]
+                backlog -= 1
+                if backlog < PARK_MAX:
+                    room.set()
+                start(job)
+                return
+            if not in_window[host]:
+                del in_window[host]
             window.release()
 
         rows = self._rows if self._rows is not None else sources.read_rows(self.cfg.input, stdin=self._stdin)
@@ -364,13 +399,18 @@ class Run:
             if isinstance(job, Outcome):
                 self._record(job, None)
                 continue
+            if in_window.get(job.host, 0) >= share:
+                parked.setdefault(job.host, collections.deque()).append(job)
+                backlog += 1
+                if backlog >= PARK_MAX:
+                    room.clear()
+                    await room.wait()  # one host dominates the list: now the reader must wait
+                continue
             await window.acquire()
             if self._stopping:
                 window.release()
                 break
-            task = asyncio.create_task(self._handle(job))
-            tasks.add(task)
-            task.add_done_callback(done)
+            start(job)
         while tasks:
             await asyncio.gather(*list(tasks), return_exceptions=True)
 
@@ -450,8 +490,14 @@ class Run:
             attempts += 1
             await gate.acquire()
             try:
-                async with self._global:
-                    res = await self.engine.attempt(job.url)
+                while True:
+                    async with self._global:
+                        wait = gate.try_start(loop.time())
+                        if not wait:
+                            res = await self.engine.attempt(job.url)
+                            break
+                    # The host's turn passed while this row queued for a global slot.
+                    await asyncio.sleep(wait)
             finally:
                 gate.release()
             if res.ok:
