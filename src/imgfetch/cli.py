@@ -274,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = api.execute(run, handle_signals=True)
         finally:
             progress.close()
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers took over: nothing was recorded yet
+        print("\nimgfetch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ImgfetchError as exc:
         print(f"imgfetch: error[{exc.code}]: {exc}", file=sys.stderr)
         return EXIT_ERROR
