@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import urllib.request
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -23,6 +22,7 @@ from imgfetch.fetch.common import (
     BodyDecoder,
     Fault,
     Fetched,
+    ProxyChooser,
     declared_length,
     is_blocked_address,
     literal_ip,
@@ -116,28 +116,10 @@ class AioClient:
         self._resolve = dict(resolve or {})
         self._session: aiohttp.ClientSession | None = None
         self._headers = request_headers(cfg)
-        self._env_proxies = urllib.request.getproxies_environment() if cfg.trust_env else {}
-        self._bypass: dict[str, bool] = {}
-
-    def _proxy_for(self, url: URL) -> str | None:
-        """``--proxy``, else the ``<scheme>_proxy`` variable unless ``no_proxy`` covers the host."""
-        if self._cfg.proxy is not None or not self._env_proxies:
-            return self._cfg.proxy
-        proxy = self._env_proxies.get(url.scheme)
-        if proxy is None:
-            return None
-        host = url.host or ""
-        bypass = self._bypass.get(host)
-        if bypass is None:
-            bypass = bool(urllib.request.proxy_bypass_environment(host, self._env_proxies))  # type: ignore[attr-defined]
-            if len(self._bypass) > 10_000:
-                self._bypass.clear()
-            self._bypass[host] = bypass
-        return None if bypass else proxy
+        self._proxies = ProxyChooser(cfg)
 
     def _proxy_hosts(self) -> frozenset[str]:
-        urls = [self._cfg.proxy, *self._env_proxies.values()]
-        return frozenset((URL(u).host or "").lower().rstrip(".") for u in urls if u)
+        return frozenset((URL(u).host or "").lower().rstrip(".") for u in self._proxies.urls())
 
     async def __aenter__(self) -> AioClient:
         cfg = self._cfg
@@ -156,7 +138,7 @@ class AioClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # a million hosts' cookies would only cost memory
             # aiohttp's trust_env also reads ~/.netrc on a worker thread for every
             # request (a third of the CPU per image); proxies from the environment
-            # are applied by _proxy_for instead.
+            # are applied by ProxyChooser instead.
             trust_env=False,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
@@ -212,7 +194,7 @@ class AioClient:
                     raise Fault(Reason.BLOCKED_ADDRESS.value, f"address {ip} is not public")
             try:
                 async with self._session.get(
-                    current, allow_redirects=False, proxy=self._proxy_for(current), read_until_eof=True
+                    current, allow_redirects=False, proxy=self._proxies.for_url(current), read_until_eof=True
                 ) as resp:
                     status = hop.status = resp.status
                     if status in REDIRECT_STATUSES:

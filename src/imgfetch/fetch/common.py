@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import urllib.request
 import zlib
 from typing import TYPE_CHECKING
 
@@ -256,3 +257,38 @@ class BodyDecoder:
         if self._zlib is not None and not self._zlib.eof and self._size == 0:
             raise Fault(Reason.TRUNCATED.value, "compressed body ended early")
         return b"".join(self._parts)
+
+
+class ProxyChooser:
+    """``--proxy`` for every request, else the ``<scheme>_proxy`` variable unless
+    ``no_proxy`` covers the host (decided once per host, cached, bounded)."""
+
+    _CACHE_MAX = 10_000
+
+    def __init__(self, cfg: HttpConfig) -> None:
+        self._fixed = cfg.proxy
+        env = urllib.request.getproxies_environment() if cfg.trust_env and cfg.proxy is None else {}
+        self._env = env
+        self._bypass: dict[str, bool] = {}
+
+    def urls(self) -> list[str]:
+        """Every proxy a request may go through (for exempting them from --block-private)."""
+        if self._fixed is not None:
+            return [self._fixed]
+        return [url for scheme, url in self._env.items() if scheme != "no" and url]
+
+    def for_url(self, url: URL) -> str | None:
+        if self._fixed is not None or not self._env:
+            return self._fixed
+        proxy = self._env.get((url.scheme or "http").lower())
+        if not proxy:
+            return None
+        host = url.host or ""
+        bypass = self._bypass.get(host)
+        if bypass is None:
+            # typeshed lacks proxy_bypass_environment, which urllib.request has had since 3.0.
+            bypass = bool(urllib.request.proxy_bypass_environment(host, self._env))  # type: ignore[attr-defined]
+            if len(self._bypass) >= self._CACHE_MAX:
+                self._bypass.clear()
+            self._bypass[host] = bypass
+        return None if bypass else proxy

@@ -18,7 +18,6 @@ import http.client
 import socket
 import threading
 import time
-import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -39,6 +38,7 @@ from imgfetch.fetch.common import (
     BodyDecoder,
     Fault,
     Fetched,
+    ProxyChooser,
     declared_length,
     is_blocked_address,
     literal_ip,
@@ -107,8 +107,7 @@ class SyncClient:
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._lock = threading.Lock()
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
-        self._env_proxies = urllib.request.getproxies_environment() if cfg.trust_env and not cfg.proxy else {}
-        self._bypass: dict[str, bool] = {}
+        self._chooser = ProxyChooser(cfg)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -337,21 +336,7 @@ class SyncClient:
 
     def _proxy_for(self, url: URL) -> urllib3.ProxyManager | None:
         """``--proxy``, else the ``<scheme>_proxy`` variable unless ``no_proxy`` covers the host."""
-        proxy_url = self._cfg.proxy
-        if proxy_url is None and self._env_proxies:
-            candidate = self._env_proxies.get((url.scheme or "http").lower())
-            if candidate:
-                host = url.host or ""
-                bypass = self._bypass.get(host)
-                if bypass is None:
-                    bypass = bool(
-                        urllib.request.proxy_bypass_environment(host, self._env_proxies)  # type: ignore[attr-defined]
-                    )
-                    if len(self._bypass) > 10_000:
-                        self._bypass.clear()
-                    self._bypass[host] = bypass
-                if not bypass:
-                    proxy_url = candidate
+        proxy_url = self._chooser.for_url(url)
         if proxy_url is None:
             return None
         with self._lock:
