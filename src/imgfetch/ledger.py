@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+_UPSERT = (
+    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 class Redo(NamedTuple):
     """Which failed rows a run does again: all of them, or those failed for one of ``reasons``."""
 
@@ -236,11 +241,7 @@ class Ledger:
         data = ("\n".join(e.line for e in entries) + "\n").encode("utf-8")
         try:
             with self._transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    entries,
-                )
+                self._db.executemany(_UPSERT, entries)
                 self._advance_manifest(len(data), len(entries))
         except sqlite3.Error as exc:
             raise _output_error("write the resume ledger", exc) from None
@@ -264,11 +265,7 @@ class Ledger:
         """Store ``entries`` without touching the manifest (importing a manifest)."""
         try:
             with self._transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    entries,
-                )
+                self._db.executemany(_UPSERT, entries)
         except sqlite3.Error as exc:
             raise _output_error("write the resume ledger", exc) from None
 

@@ -1,4 +1,4 @@
-"""Where results go: image files written atomically, and the JSONL manifest.
+"""Where images go: files written atomically; and reading a manifest back (the ledger writes it).
 
 Every file is written to a hidden temporary name in its final folder and
 renamed into place only once complete, so a final name never holds a partial
@@ -17,7 +17,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from imgfetch.errors import OutputError
 
@@ -112,30 +112,6 @@ class FileSink:
             except FileNotFoundError:
                 pass
         return count
-
-
-class ManifestWriter:
-    """Appends one JSON object per line; buffered, flushed by the pipeline on a timer and at the end."""
-
-    def __init__(self, path: Path, *, truncate: bool = False) -> None:
-        try:
-            # Held open for the whole run and closed by close(): appends must stay cheap.
-            self._fh: IO[str] = open(  # noqa: SIM115
-                path, "w" if truncate else "a", encoding="utf-8", buffering=1 << 16
-            )
-        except OSError as exc:
-            raise OutputError(f"cannot write manifest '{path}': {exc.strerror or exc}") from None
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
-        self._fh.write("\n")
-
-    def flush(self) -> None:
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def read_manifest(path: Path) -> Iterator[dict[str, Any]]:

@@ -18,6 +18,7 @@ from yarl import URL
 
 from imgfetch.fetch.common import (
     CHUNK,
+    NO_SUCH_HOST,
     REDIRECT_STATUSES,
     BodyDecoder,
     Fault,
@@ -29,6 +30,7 @@ from imgfetch.fetch.common import (
     next_hop,
     opted_out,
     request_headers,
+    short_error,
 )
 from imgfetch.fetch.policy import parse_retry_after
 from imgfetch.outcome import Reason, http_reason
@@ -38,9 +40,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from imgfetch.config import HttpConfig
-
-#: getaddrinfo errors that mean "this name does not exist", as opposed to a resolver hiccup.
-_NO_SUCH_HOST = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, n)}
 
 
 class BlockedAddress(OSError):
@@ -230,12 +229,12 @@ class AioClient:
                 reason, detail = translate(exc)
                 raise Fault(reason, detail) from None
             except OSError as exc:  # socket errors that slip past aiohttp's wrapping
-                raise Fault(Reason.CONNECTION_ERROR.value, _short(exc)) from None
+                raise Fault(Reason.CONNECTION_ERROR.value, short_error(exc)) from None
 
 
 def translate(exc: aiohttp.ClientError) -> tuple[str, str]:
     """aiohttp's exception tree -> (reason, detail); most specific first."""
-    detail = _short(exc)
+    detail = short_error(exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return Reason.CONNECT_TIMEOUT.value, detail or "connect timed out"
     if isinstance(exc, aiohttp.SocketTimeoutError):
@@ -246,7 +245,7 @@ def translate(exc: aiohttp.ClientError) -> tuple[str, str]:
         inner = exc.os_error
         if isinstance(inner, BlockedAddress):
             return Reason.BLOCKED_ADDRESS.value, str(inner)
-        if isinstance(inner, socket.gaierror) and inner.errno in _NO_SUCH_HOST:
+        if isinstance(inner, socket.gaierror) and inner.errno in NO_SUCH_HOST:
             return Reason.DNS_ERROR.value, f"cannot resolve host: {inner.strerror}"
         return Reason.CONNECTION_ERROR.value, f"DNS lookup failed: {detail}"
     if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
@@ -260,8 +259,3 @@ def translate(exc: aiohttp.ClientError) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ClientResponseError):
         return Reason.BAD_RESPONSE.value, detail
     return Reason.CONNECTION_ERROR.value, detail
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import socket
 import urllib.request
 import zlib
 from typing import TYPE_CHECKING
@@ -37,6 +38,8 @@ _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 #: A user-agent token as it appears in ``token: directives`` (no spaces, so a date's time is not one).
 _UA_SCOPE = re.compile(r"[a-z0-9_.-]+")
 CHUNK = 64 * 1024
+#: getaddrinfo errors that mean "this name does not exist", as opposed to a resolver hiccup.
+NO_SUCH_HOST = frozenset(getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, n))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -292,3 +295,9 @@ class ProxyChooser:
                 self._bypass.clear()
             self._bypass[host] = bypass
         return None if bypass else proxy
+
+
+def short_error(exc: BaseException) -> str:
+    """An exception as a manifest ``detail``: its message, at most 300 characters."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

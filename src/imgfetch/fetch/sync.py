@@ -34,6 +34,7 @@ from urllib3.exceptions import (
 
 from imgfetch.fetch.common import (
     CHUNK,
+    NO_SUCH_HOST,
     REDIRECT_STATUSES,
     BodyDecoder,
     Fault,
@@ -45,6 +46,7 @@ from imgfetch.fetch.common import (
     next_hop,
     opted_out,
     request_headers,
+    short_error,
 )
 from imgfetch.fetch.policy import parse_retry_after
 from imgfetch.outcome import Reason, http_reason
@@ -57,8 +59,6 @@ if TYPE_CHECKING:
 
     from imgfetch.config import HttpConfig
 
-#: getaddrinfo errors that mean "this name does not exist" (same set as the aiohttp client's).
-_NO_SUCH_HOST = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, n)}
 #: Same lifetime as the aiohttp client's DNS cache.
 DNS_TTL = 300.0
 _DNS_CACHE_MAX = 10_000
@@ -323,11 +323,11 @@ class SyncClient:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            if exc.errno in _NO_SUCH_HOST:
+            if exc.errno in NO_SUCH_HOST:
                 raise Fault(Reason.DNS_ERROR.value, f"cannot resolve host: {exc.strerror}") from None
-            raise Fault(Reason.CONNECTION_ERROR.value, f"DNS lookup failed: {_short(exc)}") from None
+            raise Fault(Reason.CONNECTION_ERROR.value, f"DNS lookup failed: {short_error(exc)}") from None
         except (UnicodeError, OSError) as exc:
-            raise Fault(Reason.CONNECTION_ERROR.value, f"DNS lookup failed: {_short(exc)}") from None
+            raise Fault(Reason.CONNECTION_ERROR.value, f"DNS lookup failed: {short_error(exc)}") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if len(self._dns) >= _DNS_CACHE_MAX:
             self._dns.clear()
@@ -349,7 +349,8 @@ class SyncClient:
                 try:
                     manager = urllib3.ProxyManager(proxy_url, num_pools=64, **kw)
                 except (ValueError, HTTPError) as exc:
-                    raise Fault(Reason.PROXY_ERROR.value, f"bad proxy {proxy_url!r}: {_short(exc)}") from None
+                    detail = f"bad proxy {proxy_url!r}: {short_error(exc)}"
+                    raise Fault(Reason.PROXY_ERROR.value, detail) from None
                 self._proxies[proxy_url] = manager
         return manager
 
@@ -372,7 +373,7 @@ def translate(exc: BaseException) -> tuple[str, str]:
 
     The same reasons as :func:`imgfetch.fetch.aio.translate` gives for the same fault.
     """
-    detail = _short(exc)
+    detail = short_error(exc)
     if isinstance(exc, ProxyError):
         return Reason.PROXY_ERROR.value, detail
     if isinstance(exc, SSLError):
@@ -390,7 +391,7 @@ def translate(exc: BaseException) -> tuple[str, str]:
         if isinstance(inner, http.client.HTTPException) and not isinstance(
             inner, (http.client.RemoteDisconnected, http.client.IncompleteRead)
         ):
-            return Reason.BAD_RESPONSE.value, _short(inner)
+            return Reason.BAD_RESPONSE.value, short_error(inner)
         return Reason.CONNECTION_ERROR.value, _cause(exc)
     if isinstance(exc, http.client.HTTPException):
         return Reason.BAD_RESPONSE.value, detail
@@ -400,10 +401,5 @@ def translate(exc: BaseException) -> tuple[str, str]:
 def _cause(exc: BaseException) -> str:
     """A ProtocolError's message without the repr of the exception it wraps."""
     if isinstance(exc, ProtocolError) and len(exc.args) > 1 and isinstance(exc.args[1], BaseException):
-        return _short(exc.args[1])
-    return _short(exc)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        return short_error(exc.args[1])
+    return short_error(exc)
