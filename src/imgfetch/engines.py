@@ -25,7 +25,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
-import multiprocessing
 import os
 import signal
 import threading
@@ -35,6 +34,7 @@ from yarl import URL
 
 from imgfetch.errors import EngineUnavailable
 from imgfetch.fetch.aio import AioClient
+from imgfetch.workers import context as workers_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -132,9 +132,7 @@ class ProcessesEngine:
         self._workers: list[_Worker] = []
 
     async def __aenter__(self) -> ProcessesEngine:
-        methods = multiprocessing.get_all_start_methods()
-        # forkserver: never fork a process that runs an event loop and threads.
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        ctx = workers_context()
         loop = asyncio.get_running_loop()
         try:
             for i in range(self.processes):

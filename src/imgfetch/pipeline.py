@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -48,6 +45,7 @@ from imgfetch.fetch.policy import backoff_delay, is_retryable
 from imgfetch.ledger import Entry, Fingerprint, Ledger
 from imgfetch.outcome import Outcome, Reason, Status, Summary, status_for
 from imgfetch.sinks import FATAL_ERRNOS, FileSink, read_manifest
+from imgfetch.workers import CpuPool, PoolBroken, WorkerCrashed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -124,7 +122,7 @@ class Run:
         self._resuming = False
         self._unclaimed: list[sources.Row] = []
         self._unclaimed_folder = -1
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool: CpuPool[images.Processed | images.Rejected] | None = None
         self._fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         concurrency = min(cfg.http.concurrency, engine.max_in_flight)
@@ -132,10 +130,9 @@ class Run:
         self._window = max(256, concurrency * 4)
         self._hosts = HostTable(cfg.http)
         self._namer = naming.Namer(cfg.output.naming, cfg.output.folder_size, cfg.output.folder_index)
-        workers = cfg.workers or os.cpu_count() or 1
-        self._workers = workers
-        # Bodies waiting for the pool are bounded: the reader stops when the window is full.
-        self._cpu = asyncio.Semaphore(workers * 2)
+        # Bodies waiting for the pool are bounded by the pool (workers x QUEUED); the
+        # reader stops when the window is full.
+        self._workers = cfg.workers or os.cpu_count() or 1
 
     # ---- control ---------------------------------------------------------
     def stop(self, grace: float = 3.0) -> None:
@@ -176,7 +173,7 @@ class Run:
         flusher: asyncio.Task[None] | None = None
         try:
             if cfg.image.decodes:
-                self._pool = _make_pool(self._workers)
+                self._pool = await CpuPool(images.process, cfg.image, self._workers).__aenter__()
             flusher = asyncio.create_task(self._flush_periodically())
             async with self.engine:
                 await self._dispatch()
@@ -186,7 +183,7 @@ class Run:
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
             if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+                await self._pool.close()
             self._finish_ledger()
             self.summary.elapsed = time.monotonic() - started
             self.summary.interrupted = self._stopping
@@ -466,7 +463,7 @@ class Run:
     async def _handle(self, job: Job) -> None:
         try:
             outcome = await self._fetch_and_save(job)
-        except OutputError as exc:  # the disk is full or gone: stop the run, not just this row
+        except (OutputError, PoolBroken) as exc:  # the disk is full, no worker can start: stop the run
             if self._fatal is None:
                 self._fatal = exc
             self.stop(grace=0.0)
@@ -540,9 +537,10 @@ class Run:
         cfg = self.cfg
         result: images.ImageInfo | images.Processed | images.Rejected
         if self._pool is not None:
-            async with self._cpu:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, images.process, body, cfg.image)
+            try:
+                result = await self._pool.run(body)
+            except WorkerCrashed as exc:  # e.g. a decoder crashing on a hostile image
+                result = images.Rejected(Reason.DECODE_ERROR.value, str(exc))
         else:
             result = images.check(body, cfg.image)
         common = {
@@ -675,13 +673,18 @@ def _has_content(path: Path) -> bool:
         return False
 
 
+# Built once: json.dumps with non-default arguments builds a new encoder on every call.
+_JSON_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
 def _line(record: Mapping[str, Any]) -> str:
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    line = _JSON_UTF8.encode(record)
     if not line.isascii():
         try:
             line.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (from a jsonl "\ud800" escape): keep it escaped
-            line = json.dumps(record, separators=(",", ":"))
+            line = _JSON_ASCII.encode(record)
     return line
 
 
@@ -721,20 +724,6 @@ def _prune(summary: Summary) -> None:
     top = summary.failed_hosts.most_common(HOSTS_KEPT)
     summary.failed_hosts.clear()
     summary.failed_hosts.update(dict(top))
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group: the parent decides what stops, not the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _make_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    # forkserver: never fork a process that runs an event loop and threads.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_ignore_sigint
-    )
 
 
 async def iterate(run: Run) -> AsyncIterator[Outcome]:
