@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import secrets
@@ -28,6 +29,9 @@ TEMP_PREFIX = ".imgfetch-"
 TEMP_SUFFIX = ".part"
 #: Errors after which no later write can succeed either: stop the run instead of failing every row.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+_CREATE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 class FileSink:
@@ -41,30 +45,36 @@ class FileSink:
             raise OutputError(f"output path '{root}' is not a folder")
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise OutputError(f"output folder '{root}' is not writable")
-        self._folders: set[str] = {""}
+        #: folder name -> its checked absolute path (as str: cheaper per file than Path).
+        self._folders: dict[str, str] = {"": str(self.root)}
+        self._tag = secrets.token_hex(4)
+        self._counter = itertools.count()
 
-    def _folder(self, folder: str) -> Path:
+    def _folder(self, folder: str) -> str:
+        known = self._folders.get(folder)
+        if known is not None:
+            return known
+        if "/" in folder or "\\" in folder or folder in (".", "..") or folder.startswith("."):
+            raise ValueError(f"unsafe folder name {folder!r}")
         path = self.root / folder if folder else self.root
-        if folder not in self._folders:
-            if "/" in folder or "\\" in folder or folder in (".", "..") or folder.startswith("."):
-                raise ValueError(f"unsafe folder name {folder!r}")
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(exist_ok=True)
-            st = path.lstat()
-            if not stat.S_ISDIR(st.st_mode):  # a symlink or file planted where a folder goes
-                raise OutputError(f"'{path}' exists and is not a plain folder")
-            self._folders.add(folder)
-        return path
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(exist_ok=True)
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):  # a symlink or file planted where a folder goes
+            raise OutputError(f"'{path}' exists and is not a plain folder")
+        self._folders[folder] = known = str(path)
+        return known
 
     def write(self, folder: str, name: str, data: bytes) -> str:
         """Write ``data`` atomically to ``folder/name``; returns the POSIX relative path."""
         if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
             raise ValueError(f"unsafe file name {name!r}")
         directory = self._folder(folder)
-        final = directory / name
-        tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        final = os.path.join(directory, name)
+        # Unique without a random draw per file: this sink's random tag and a counter.
+        tmp = os.path.join(directory, f"{TEMP_PREFIX}{self._tag}-{next(self._counter)}{TEMP_SUFFIX}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(tmp, _CREATE_FLAGS, 0o644)
             try:
                 view = memoryview(data)
                 while view:
@@ -75,7 +85,7 @@ class FileSink:
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
             raise
         return f"{folder}/{name}" if folder else name
 

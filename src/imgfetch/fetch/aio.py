@@ -17,7 +17,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from imgfetch.fetch.common import (
-    CHUNK,
     NO_SUCH_HOST,
     REDIRECT_STATUSES,
     BodyDecoder,
@@ -219,7 +218,7 @@ class AioClient:
                         raise Fault(
                             Reason.TOO_LARGE.value, f"Content-Length {length} > {cfg.max_bytes}", status
                         )
-                    async for chunk in resp.content.iter_chunked(CHUNK):
+                    async for chunk in resp.content.iter_any():  # what has arrived; bounded by read_bufsize
                         decoder.feed(chunk)
                     body = decoder.finish()
                     if length is not None and not decoder.encoded and len(body) < length:
