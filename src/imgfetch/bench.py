@@ -561,6 +561,8 @@ class Bench:
         self.scaling: dict[str, list[dict[str, Any]]] = {}
         self._last_stats: dict[str, Any] = {}
         self._spent: list[Path] = []
+        #: file_create_cpu_us() at the start and the end of the bench.
+        self.disk_probe: dict[str, float] = {}
 
     def build_corpus(self) -> None:
         cmd = [sys.executable, str(self.bench / "corpus.py"), str(self.corpus_dir)]
@@ -657,6 +659,7 @@ class Bench:
             concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool,
         ):
             ctx = Context(s, self.bench, Path(tmp), i2d)
+            self._probe_disk(ctx, "start")
             for wl in workloads:
                 self.log(
                     f"{wl.title}: {s.urls} URLs, {s.hosts} hosts, latency median {s.latency * 1000:g} ms"
@@ -679,6 +682,12 @@ class Bench:
                 self.results += [best(r) for r in runs.values()]
             if s.scaling:
                 self.run_scaling(ctx, pool)
+            self._probe_disk(ctx, "end")
+
+    def _probe_disk(self, ctx: Context, when: str) -> None:
+        us = file_create_cpu_us(ctx.work / f"probe-{when}")
+        self.disk_probe[when] = round(us, 1)
+        self.log(f"disk: writing a 15 kB file atomically costs {us:.0f} CPU us ({when} of the bench)")
 
     def run_scaling(self, ctx: Context, pool: concurrent.futures.Executor) -> None:
         s = self.s
@@ -705,6 +714,27 @@ class Bench:
 
 
 # ---- reporting -------------------------------------------------------------
+def file_create_cpu_us(folder: Path, count: int = 300) -> float:
+    """CPU microseconds to write one 15 kB file atomically (create, write, rename) in ``folder``.
+
+    A probe of the disk's state, reported with the results: on this benchmark's VM
+    it varied from 70 us to over 1 ms per file over minutes (after many files are
+    deleted, for instance), and a download-only run writes thousands of files.
+    """
+    folder.mkdir(parents=True)
+    data = os.urandom(15_000)
+    started = time.process_time()
+    for i in range(count):
+        tmp, final = folder / f".probe-{i}", folder / f"{i}.jpg"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    return (time.process_time() - started) / count * 1e6
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -753,6 +783,9 @@ def markdown(report: dict[str, Any], results: Sequence[Result]) -> str:
         "",
         f"Machine: {m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['system']}",
         "",
+        "Disk: CPU us to write a 15 kB file atomically, start / end of the bench: "
+        + " / ".join(f"{v:g}" for v in m.get("file_create_cpu_us", {}).values()),
+        "",
         f"Corpus: {report['corpus']}",
         "",
         f"Server: {report['settings']['hosts']} hosts on 127.0.0.x, log-normal latency,"
@@ -795,7 +828,7 @@ def write_reports(bench: Bench, command: str) -> dict[str, Any]:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()}
     report: dict[str, Any] = {
         "command": command,
-        "machine": machine(),
+        "machine": {**machine(), "file_create_cpu_us": bench.disk_probe},
         "corpus": corpus,
         "settings": settings,
         "results": [r.to_dict() for r in bench.results],
