@@ -558,6 +558,8 @@ class Bench:
         self.corpus_dir = settings.cache / f"corpus-seed{settings.seed}"
         self.entries: list[dict[str, Any]] = []
         self.results: list[Result] = []
+        #: Every run of every tool, in the order run (``results`` keeps each tool's best).
+        self.runs: list[Result] = []
         self.scaling: dict[str, list[dict[str, Any]]] = {}
         self._last_stats: dict[str, Any] = {}
         self._spent: list[Path] = []
@@ -623,6 +625,7 @@ class Bench:
             f"  {name}: {res.images_per_s:.0f} images/s, {res.cpu_per_1000:.2f} CPU s/1000,"
             f" {res.peak_rss_mb:.0f} MB, {valid}/{count} valid"
         )
+        self.runs.append(res)
         return res
 
     def _discard(self, out: Path) -> None:
@@ -679,6 +682,7 @@ class Bench:
                         ceiling = processing_ceiling(self.corpus_dir, names, wl.size)
                         self.log(f"  processing ceiling: {ceiling.images_per_s:.0f} images/s")
                         runs.setdefault(ceiling.tool, []).append(ceiling)
+                        self.runs.append(ceiling)
                 self.results += [best(r) for r in runs.values()]
             if s.scaling:
                 self.run_scaling(ctx, pool)
@@ -832,6 +836,7 @@ def write_reports(bench: Bench, command: str) -> dict[str, Any]:
         "corpus": corpus,
         "settings": settings,
         "results": [r.to_dict() for r in bench.results],
+        "runs": [r.to_dict() for r in bench.runs],
         "scaling": bench.scaling,
     }
     (s.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
