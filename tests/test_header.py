@@ -33,17 +33,16 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 import imagegen as gen
-from imgfetch import images
+from imgfetch import headers
 from imgfetch.config import ImageConfig
 from imgfetch.demo import sample_images
+from imgfetch.headers import _PNG_MODES, header_size
 from imgfetch.images import (
-    _PNG_MODES,
     SUPPORTED,
     ImageInfo,
     Rejected,
     _check_pillow,
     check,
-    header_size,
     sniff,
 )
 from imgfetch.outcome import Reason
@@ -254,19 +253,19 @@ def test_jpeg_markers_mirror_pillow() -> None:
     # Each marker the parser reads is read by Pillow with the handler it mirrors;
     # the rest (_J_NONE) is left to Pillow.  Fails if Pillow re-wires its marker table.
     mirrored: dict[int, set[str | None]] = {
-        images._J_SOF: {"SOF"},
-        images._J_SKIP: {"Skip", "COM"},
-        images._J_DQT: {"DQT"},
-        images._J_APP: {"APP"},
-        images._J_SOS: {"Skip"},
-        images._J_RST: {None},
+        headers._J_SOF: {"SOF"},
+        headers._J_SKIP: {"Skip", "COM"},
+        headers._J_DQT: {"DQT"},
+        headers._J_APP: {"APP"},
+        headers._J_SOS: {"Skip"},
+        headers._J_RST: {None},
     }
     for marker in range(256):
-        kind = images._JPEG_KINDS[marker]
+        kind = headers._JPEG_KINDS[marker]
         if kind in mirrored:
             handler = JpegImagePlugin.MARKER[0xFF00 | marker][2]
             assert (handler.__name__ if handler else None) in mirrored[kind], hex(marker)
-    assert images._JPEG_KINDS[0xFF] == images._J_FILL and 0xFFFF not in JpegImagePlugin.MARKER
+    assert headers._JPEG_KINDS[0xFF] == headers._J_FILL and 0xFFFF not in JpegImagePlugin.MARKER
 
 
 def test_png_chunk_handlers_mirror_pillow() -> None:
@@ -277,7 +276,7 @@ def test_png_chunk_handlers_mirror_pillow() -> None:
     }
     mirrored = {"IHDR", "IDAT", "IEND", "acTL", "fcTL", "fdAT", "iCCP", "tRNS", "tEXt", "zTXt", "iTXt"}
     unchecked = {"PLTE", "eXIf"}
-    assert handlers == mirrored | unchecked | {k.decode() for k in images._PNG_MIN_LENGTH}
+    assert handlers == mirrored | unchecked | {k.decode() for k in headers._PNG_MIN_LENGTH}
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
