@@ -162,7 +162,7 @@ class CpuPool(Generic[R]):
             raise
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=_BUFFER)
+        reader, writer = await asyncio.open_connection(sock=parent, limit=_BUFFER)
         worker = _Worker(proc, reader, writer)
         worker.task = asyncio.create_task(self._read(worker))
         return worker
