@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imgfetch import sources
 from imgfetch.config import InputConfig, InputFormat
 from imgfetch.errors import ConfigError, InputError
 from imgfetch.sources import MAX_LINE_BYTES, Row, detect_format, open_check, read_rows
@@ -280,6 +281,96 @@ def test_parquet_url_column_must_hold_strings(tmp_path: Path) -> None:
         rows_of(path)
 
 
+class GroupSpy:
+    """Records which row groups the parquet reader reads whole and which it streams."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.whole: list[int] = []
+        self.streamed: list[list[int]] = []
+        read_row_group = pq.ParquetFile.read_row_group
+        iter_batches = pq.ParquetFile.iter_batches
+
+        def spy_read(pf: pq.ParquetFile, i: int, *args: Any, **kwargs: Any) -> pa.Table:
+            self.whole.append(i)
+            return read_row_group(pf, i, *args, **kwargs)
+
+        def spy_iter(pf: pq.ParquetFile, *args: Any, **kwargs: Any) -> Any:
+            self.streamed.append(list(kwargs["row_groups"]))
+            return iter_batches(pf, *args, **kwargs)
+
+        monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy_read)
+        monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy_iter)
+
+
+def batch_sizes(path: Path, others: list[str]) -> list[int]:
+    with path.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        return [len(urls) for urls, _ in sources._parquet_batches(pf, f, "url", others)]
+
+
+def write_groups(path: Path, sizes: list[int]) -> None:
+    """A parquet list with one row group per entry of ``sizes``, rows numbered throughout."""
+    table = parquet_table(sum(sizes))
+    start = 0
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for size in sizes:
+            writer.write_table(table.slice(start, size), row_group_size=size)
+            start += size
+
+
+def test_parquet_many_small_row_groups_are_read_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 1_000
+    path = tmp_path / "list.parquet"
+    write_parquet(path, parquet_table(n), row_group_size=20)
+    assert pq.ParquetFile(path).num_row_groups == 50
+    spy = GroupSpy(monkeypatch)
+    rows = rows_of(path)
+    assert spy.whole == list(range(50))
+    assert spy.streamed == []
+    assert [r.index for r in rows] == list(range(n))
+    assert [r.extra["id"] for r in rows] == list(range(n))
+    assert rows[5] == Row(5, "", {"id": 5, "score": 2.5}, "missing url")
+    assert rows[-1] == Row(n - 1, f"http://p.example/{n - 1}.jpg", {"id": n - 1, "score": (n - 1) / 2})
+    assert batch_sizes(path, ["id"]) == [20] * 50
+
+
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
+def test_parquet_big_row_group_is_streamed_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    n = 20_000
+    path = tmp_path / "list.parquet"
+    write_parquet(path, parquet_table(n))
+    assert pq.ParquetFile(path).num_row_groups == 1
+    monkeypatch.setattr(sources, "_BATCH_ROWS", 3_000)
+    monkeypatch.setattr(sources, f"_GROUP_{limit.upper()}", 5_000)
+    assert batch_sizes(path, ["id", "score"]) == [3_000] * 6 + [2_000]
+    spy = GroupSpy(monkeypatch)
+    rows = rows_of(path)
+    assert spy.whole == []
+    assert spy.streamed == [[0]]
+    assert [r.index for r in rows] == list(range(n))
+    assert rows[0] == Row(0, "http://p.example/0.jpg", {"id": 0, "score": 0.0})
+    assert rows[1].extra == {"id": 1, "score": None}
+    assert rows[5] == Row(5, "", {"id": 5, "score": 2.5}, "missing url")
+    assert rows[-1].url == f"http://p.example/{n - 1}.jpg"
+    assert all(set(r.extra) == {"id", "score"} for r in rows)
+
+
+def test_parquet_limit_stops_inside_a_streamed_row_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "list.parquet"
+    write_groups(path, [10, 9_000, 10])
+    monkeypatch.setattr(sources, "_BATCH_ROWS", 1_000)
+    monkeypatch.setattr(sources, "_GROUP_ROWS", 5_000)
+    rows = rows_of(path, limit=2_500)
+    assert [r.index for r in rows] == list(range(2_500))
+    assert rows[-1].url == "http://p.example/2499.jpg"
+
+
 # -- limit and stdin -----------------------------------------------------------------------------
 
 
@@ -341,6 +432,31 @@ def test_stdin_parquet(stream_type: type[io.BytesIO]) -> None:
     stream = stream_type(buf.getvalue())
     rows = list(read_rows(InputConfig(source="-", format="parquet"), stdin=stream))
     assert rows == [Row(0, "http://a.example/", {"n": 1}), Row(1, "http://b.example/", {"n": 2})]
+
+
+@pytest.mark.parametrize("stream_type", [None, io.BytesIO, Pipe])
+def test_parquet_small_and_big_row_groups_mixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream_type: type[io.BytesIO] | None
+) -> None:
+    sizes = [30, 7_000, 1, 6_000, 40]
+    n = sum(sizes)
+    path = tmp_path / "list.parquet"
+    write_groups(path, sizes)
+    assert [g.num_rows for g in (pq.ParquetFile(path).metadata.row_group(i) for i in range(5))] == sizes
+    monkeypatch.setattr(sources, "_BATCH_ROWS", 1_000)
+    monkeypatch.setattr(sources, "_GROUP_ROWS", 5_000)
+    spy = GroupSpy(monkeypatch)
+    if stream_type is None:
+        rows = rows_of(path)
+    else:
+        stdin = stream_type(path.read_bytes())
+        rows = list(read_rows(InputConfig(source="-", format="parquet"), stdin=stdin))
+    assert spy.whole == [0, 2, 4]
+    assert spy.streamed == [[1], [3]]
+    assert [r.index for r in rows] == list(range(n))
+    assert [r.extra["id"] for r in rows] == list(range(n))
+    assert [r.url for r in rows if r.index != 5] == [f"http://p.example/{i}.jpg" for i in range(n) if i != 5]
+    assert batch_sizes(path, []) == [30, *[1_000] * 7, 1, *[1_000] * 6, 40]
 
 
 # -- detect_format -------------------------------------------------------------------------------

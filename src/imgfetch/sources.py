@@ -1,10 +1,11 @@
 """Input lists -> a stream of :class:`Row`, in bounded memory.
 
 Every reader streams: txt and jsonl read one capped line at a time, csv/tsv feed
-the csv module through a line source with the same cap, parquet reads one record
-batch at a time.  A row that cannot be parsed is still yielded, with ``error``
-set, so the pipeline records it as a failed outcome and the run goes on; only an
-input that cannot be opened or read at all raises :class:`InputError`.
+the csv module through a line source with the same cap, parquet reads one row
+group at a time and hands it on in bounded record batches.  A row that cannot be
+parsed is still yielded, with ``error`` set, so the pipeline records it as a
+failed outcome and the run goes on; only an input that cannot be opened or read
+at all raises :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ MAX_LINE_BYTES = 1 << 20
 _TOO_LONG = "line longer than 1 MiB"
 _ROW_TOO_LONG = "row longer than 1 MiB"
 _BATCH_ROWS = 8192
+# A parquet row group at most this big (rows, and uncompressed bytes of all its columns)
+# is read whole, one at a time; a bigger one is streamed page by page instead.
+_GROUP_ROWS = 1 << 20
+_GROUP_BYTES = 64 << 20
+_PARQUET_BUFFER = 1 << 16  # read-buffer size per column while streaming a big row group
 _DISCARD_CHUNK = 1 << 16
 _BOM = b"\xef\xbb\xbf"
 # Checked on the capped prefix of an over-long line, so a huge comment stays a comment.
@@ -496,9 +502,7 @@ def _parquet_rows(stream: BinaryIO, source: str, url_col: str) -> Generator[Row,
         _check_url_field(schema, url_col, source)
         others = [f.name for f in schema if f.name != url_col and not _is_binary(f.type)]
         index = 0
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=[url_col, *others]):
-            urls = batch.column(url_col).to_pylist()
-            columns = [_values(batch.column(name)) for name in others]
+        for urls, columns in _parquet_batches(pf, stream, url_col, others):
             for url, *cells in zip(urls, *columns, strict=True):
                 extra = dict(zip(others, cells, strict=True))
                 if url is None:
@@ -512,3 +516,45 @@ def _parquet_rows(stream: BinaryIO, source: str, url_col: str) -> Generator[Row,
         raise _cannot_read(source, f"broken parquet data ({_short(exc)})") from exc
     finally:
         pf.close()
+
+
+def _parquet_batches(
+    pf: pq.ParquetFile, stream: BinaryIO, url_col: str, others: list[str]
+) -> Generator[tuple[list[Any], list[list[Any]]], None, None]:
+    """The url column and the ``others`` columns as Python lists, at most _BATCH_ROWS rows a time.
+
+    One row group at a time, each dropped before the next is read: iterating the
+    whole file in one ``iter_batches`` keeps every column chunk it has read (its
+    pre-buffer cache), so memory grew with the file.  A row group too big to hold
+    decoded is streamed page by page through a second reader with small buffers.
+    Decoding runs on this thread: pyarrow's thread pools would only add per-thread
+    allocator heaps, and turning values into Python objects is the slow part anyway.
+    Only Python lists leave here, so no Arrow buffer of a group outlives it.
+    """
+    import pyarrow.parquet as pq
+
+    columns = [url_col, *others]
+    streamer: pq.ParquetFile | None = None
+    try:
+        for i in range(pf.num_row_groups):
+            group = pf.metadata.row_group(i)
+            batches: Iterator[pa.RecordBatch]
+            if group.num_rows <= _GROUP_ROWS and group.total_byte_size <= _GROUP_BYTES:
+                table = pf.read_row_group(i, columns=columns, use_threads=False)
+                batches = iter(table.to_batches(max_chunksize=_BATCH_ROWS))
+                del table
+            else:
+                if streamer is None:
+                    streamer = pq.ParquetFile(
+                        stream, metadata=pf.metadata, pre_buffer=False, buffer_size=_PARQUET_BUFFER
+                    )
+                batches = streamer.iter_batches(
+                    batch_size=_BATCH_ROWS, row_groups=[i], columns=columns, use_threads=False
+                )
+            for batch in batches:
+                yield batch.column(url_col).to_pylist(), [_values(batch.column(name)) for name in others]
+                del batch
+            del batches
+    finally:
+        if streamer is not None:
+            streamer.close()
