@@ -18,9 +18,9 @@ from typing import Final
 
 from PIL import PngImagePlugin, WebPImagePlugin
 
-__all__ = ["header_size"]
+__all__ = ["PNG_MAGIC", "header_size"]
 
-_PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 
 
 def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
@@ -210,7 +210,7 @@ _PNG_MAX_CHUNKS: Final = 1024
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
     n = len(data)
-    if n < 33 or data[:8] != _PNG_MAGIC or data[8:16] != _PNG_IHDR:
+    if n < 33 or data[:8] != PNG_MAGIC or data[8:16] != _PNG_IHDR:
         return None
     if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
         return None

@@ -50,7 +50,7 @@ from PIL import (
     features,
 )
 
-from imgfetch.headers import header_size
+from imgfetch.headers import PNG_MAGIC, header_size
 from imgfetch.outcome import Reason
 
 if TYPE_CHECKING:
@@ -108,7 +108,6 @@ SUPPORTED: Final[frozenset[str]] = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP
     _optional_formats()
 )
 
-_PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 # BMP's magic is only two printable bytes, so also require a known DIB header size
 # to keep text that happens to start with "BM" out of the BMP parser.
 _BMP_DIB_SIZES: Final = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
@@ -126,7 +125,7 @@ def sniff(data: bytes) -> str | None:
     if first == b"\xff":
         return "JPEG" if data[1:3] == b"\xd8\xff" else None
     if first == b"\x89":
-        return "PNG" if data[:8] == _PNG_MAGIC else None
+        return "PNG" if data[:8] == PNG_MAGIC else None
     if first == b"G":
         return "GIF" if data[:6] in (b"GIF87a", b"GIF89a") else None
     if first == b"R":
@@ -231,11 +230,16 @@ def _sniffed(data: bytes) -> str | Rejected:
     return fmt
 
 
-def _open(data: bytes, cfg: ImageConfig) -> tuple[Image.Image, ImageInfo] | Rejected:
-    """Open with the sniffed format's plugin only and apply the pixel limit (no decode)."""
-    fmt = _sniffed(data)
-    if isinstance(fmt, Rejected):
-        return fmt
+def _open(data: bytes, cfg: ImageConfig, fmt: str | None = None) -> tuple[Image.Image, ImageInfo] | Rejected:
+    """Open with the sniffed format's plugin only and apply the pixel limit (no decode).
+
+    ``fmt``: the format :func:`_sniffed` already found, so the bytes are not sniffed twice.
+    """
+    if fmt is None:
+        sniffed = _sniffed(data)
+        if isinstance(sniffed, Rejected):
+            return sniffed
+        fmt = sniffed
     _raise_bomb_limit(cfg.max_pixels)
     try:
         img = Image.open(BytesIO(data), formats=[fmt])
@@ -320,9 +324,9 @@ def _check_header(data: bytes, fmt: str, cfg: ImageConfig) -> ImageInfo | Reject
     return _filter(info, cfg, _no_orientation) or info
 
 
-def _check_pillow(data: bytes, cfg: ImageConfig) -> ImageInfo | Rejected:
+def _check_pillow(data: bytes, cfg: ImageConfig, fmt: str | None = None) -> ImageInfo | Rejected:
     """:func:`check` with Pillow's opener: the authority, and the path for everything unusual."""
-    opened = _open(data, cfg)
+    opened = _open(data, cfg, fmt)
     if isinstance(opened, Rejected):
         return opened
     img, info = opened
@@ -347,7 +351,7 @@ def check(data: bytes, cfg: ImageConfig) -> ImageInfo | Rejected:
         result = _check_header(data, fmt, cfg)
         if result is not None:
             return result
-    return _check_pillow(data, cfg)
+    return _check_pillow(data, cfg, fmt)
 
 
 # --- resize geometry (pure, unit-tested) ------------------------------------
