@@ -57,6 +57,18 @@ def delay(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"bad delay {text!r}: use MIN,MAX seconds") from None
 
 
+def loops_arg(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"bad --loops {text!r}: use a number of loops (1, 2...) or auto")
+    return value
+
+
 def resolve(text: str) -> tuple[str, str, int | None]:
     host, sep, target = text.partition("=")
     if not sep or not host or not target:
@@ -115,6 +127,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--concurrency", type=int, default=128, help="requests in flight (default: 128)")
     g.add_argument("--per-host", type=int, default=8, help="requests in flight per host (default: 8)")
     g.add_argument("--engine", choices=sorted(ENGINES), default="async", help="default: async")
+    g.add_argument(
+        "--loops",
+        type=loops_arg,
+        default=None,
+        metavar="N|auto",
+        help="event loops (one process each) doing download-only rows; default auto: one per core,"
+        " up to 4, when they can be forked",
+    )
     g.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: 3)")
     g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default: 10)")
     g.add_argument("--read-timeout", type=float, default=20.0, help="seconds between bytes (default: 20)")
@@ -225,6 +245,7 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "quality": args.quality,
         "verify": args.verify,
         "workers": args.workers,
+        "loops": args.loops,
         "name": args.name,
         "folder_size": args.folder_size,
         "folder_index": args.folder_index,

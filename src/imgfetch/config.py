@@ -175,12 +175,25 @@ class RunConfig:
     image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
     engine: EngineName = "async"
     workers: int | None = None  # processing pool size; None = os.cpu_count()
+    loops: int | None = None  # event loops (processes) doing rows; None = auto, see imgfetch.loops
     overwrite: bool = False
     retry_failed: bool = False
     retry_all_failed: bool = False
     force: bool = False  # resume even though the input or output-shaping options changed
     max_failure_rate: float | None = None
     log_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.loops is None or self.loops == 1:
+            return
+        _positive("loops", self.loops)
+        if self.engine != "async":
+            raise ValueError(f"loops={self.loops} needs the async engine (not {self.engine!r})")
+        if self.image.decodes:
+            raise ValueError(
+                f"loops={self.loops} is for download-only runs: with size, format or verify"
+                " the decode workers already use every core"
+            )
 
 
 def _positive(name: str, value: float) -> None:
@@ -193,6 +206,7 @@ _IMAGE_FIELDS = {f.name for f in dataclasses.fields(ImageConfig)}
 _RUN_FIELDS = {
     "engine",
     "workers",
+    "loops",
     "overwrite",
     "retry_failed",
     "retry_all_failed",

@@ -27,37 +27,32 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from imgfetch import images, naming, sources
+from imgfetch import images, loops, naming, sources
 from imgfetch import ledger as ledgers
 from imgfetch._version import __version__
 from imgfetch.errors import ConfigError, OutputError, ResumeConflict
-from imgfetch.fetch.common import Fault, Fetched, parse_url
-from imgfetch.fetch.hosts import HostTable
-from imgfetch.fetch.policy import backoff_delay, is_retryable
+from imgfetch.fetch.common import Fault, parse_url
+from imgfetch.fetch.policy import is_retryable
+from imgfetch.job import FATAL, Engine, Fetcher, Job, failed
 from imgfetch.ledger import Entry, Fingerprint, Ledger
-from imgfetch.outcome import Outcome, Reason, Status, Summary, status_for
-from imgfetch.sinks import FATAL_ERRNOS, FileSink, read_manifest
-from imgfetch.workers import CpuPool, PoolBroken, WorkerCrashed
+from imgfetch.outcome import Outcome, Reason, Status, Summary
+from imgfetch.sinks import FileSink, read_manifest
+from imgfetch.workers import CpuPool
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-
-    from yarl import URL
 
     from imgfetch.config import RunConfig
 
 log = logging.getLogger("imgfetch")
 
-#: Statuses with which a host says "too much": they shrink its allowed concurrency.
-_SLOW_DOWN = frozenset({429, 503})
 #: Seconds between ledger commits; a kill loses at most this much finished work.
 FLUSH_EVERY = 0.5
 #: Outcomes per ledger commit at most: one transaction per batch keeps SQLite off the critical path.
@@ -72,29 +67,6 @@ CONFLICT_HINT = "use --overwrite to start afresh or --force to mix"
 #: Rows per block of the resume merge-join: the folder size when it is at most MAX_BLOCK.
 DEFAULT_BLOCK = 10_000
 MAX_BLOCK = 100_000
-
-
-class Engine(Protocol):
-    """How one attempt is scheduled; everything else is the pipeline's."""
-
-    name: str
-    max_in_flight: int
-
-    async def __aenter__(self) -> Engine: ...
-    async def __aexit__(self, *exc: object) -> None: ...
-    async def attempt(self, url: URL) -> Fetched: ...
-
-
-class Job:
-    __slots__ = ("folder", "host", "row", "started", "stem", "url")
-
-    def __init__(self, row: sources.Row, url: URL, folder: str, stem: str | None) -> None:
-        self.row = row
-        self.url = url
-        self.host = url.host or ""
-        self.folder = folder
-        self.stem = stem
-        self.started = time.monotonic()
 
 
 class Run:
@@ -123,12 +95,13 @@ class Run:
         self._unclaimed: list[sources.Row] = []
         self._unclaimed_folder = -1
         self._pool: CpuPool[images.Processed | images.Rejected] | None = None
+        #: Who does the rows: this loop's Fetcher, then the loop processes (``--loops``).
+        self._shards: list[Fetcher | loops.LoopProcess] = []
+        self._owners = loops.Owners([1.0])
         self._fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        concurrency = min(cfg.http.concurrency, engine.max_in_flight)
-        self._global = asyncio.Semaphore(concurrency)
-        self._window = max(256, concurrency * 4)
-        self._hosts = HostTable(cfg.http)
+        self._concurrency = min(cfg.http.concurrency, engine.max_in_flight)
+        self._window = max(256, self._concurrency * 4)
         self._namer = naming.Namer(cfg.output.naming, cfg.output.folder_size, cfg.output.folder_index)
         # Bodies waiting for the pool are bounded by the pool (workers x QUEUED); the
         # reader stops when the window is full.
@@ -145,6 +118,8 @@ class Run:
         if self._stopping:
             return
         self._stopping = True
+        for shard in self._shards:
+            shard.stop()
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().call_later(grace, self._cancel_in_flight)
 
@@ -169,11 +144,24 @@ class Run:
         cfg = self.cfg
         started = time.monotonic()
         self._sink = FileSink(cfg.output.out)
-        self._ledger = self._open_ledger(self._sink.root)
+        count = loops.count(cfg)
+        parts = loops.weights(count)
+        share = loops.shares(self._concurrency, parts)
+        self._owners = loops.Owners(parts)
+        remote: list[loops.LoopProcess] = []
         flusher: asyncio.Task[None] | None = None
         try:
+            # Loop processes are forked first, before this process holds the folder lock and
+            # an SQLite connection, so that neither is ever inherited.
+            remote = await loops.start_all(cfg, self._sink.root, share[1:]) if count > 1 else []
+            self._ledger = self._open_ledger(self._sink.root)
             if cfg.image.decodes:
                 self._pool = await CpuPool(images.process, cfg.image, self._workers).__aenter__()
+            local = Fetcher(cfg, self.engine, self._sink, share[0], self._pool)
+            self._shards = [local, *remote]
+            if self._stopping:  # stopped while starting
+                for shard in self._shards:
+                    shard.stop()
             flusher = asyncio.create_task(self._flush_periodically())
             async with self.engine:
                 await self._dispatch()
@@ -182,6 +170,9 @@ class Run:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
+            # Every loop process has ended before the ledger (and the folder lock) is let go.
+            for lp in remote:
+                await lp.close()
             if self._pool is not None:
                 await self._pool.close()
             self._finish_ledger()
@@ -438,171 +429,29 @@ class Run:
         stem = self._namer.claim(row.index, row.url, row.extra)
         folder = self._namer.folder(row.index)
         if row.error is not None:
-            return self._failed(row, Reason.INVALID_ROW.value, row.error, 0, time.monotonic())
+            return failed(row, Reason.INVALID_ROW.value, row.error, 0, time.monotonic())
         try:
             url = parse_url(row.url)
         except Fault as fault:
-            return self._failed(row, fault.reason, fault.detail, 0, time.monotonic())
+            return failed(row, fault.reason, fault.detail, 0, time.monotonic())
         return Job(row, url, folder, stem)
 
-    def _failed(
-        self, row: sources.Row, reason: str, detail: str | None, attempts: int, started: float, **kw: object
-    ) -> Outcome:
-        return Outcome(
-            row=row.index,
-            url=row.url,
-            status=status_for(reason),
-            reason=reason,
-            detail=detail,
-            attempts=attempts,
-            elapsed=time.monotonic() - started,
-            extra=row.extra,
-            **kw,  # type: ignore[arg-type]
-        )
-
     async def _handle(self, job: Job) -> None:
+        shard = self._shards[self._owners(job.host)]
         try:
-            outcome = await self._fetch_and_save(job)
-        except (OutputError, PoolBroken) as exc:  # the disk is full, no worker can start: stop the run
+            outcome = await shard.outcome(job)
+        except FATAL as exc:  # the disk is full, no worker can start: stop the run
             if self._fatal is None:
                 self._fatal = exc
             self.stop(grace=0.0)
             return
         except Exception as exc:  # a bug must cost one row, never the run
             if self._stopping:
-                return  # e.g. the process pool shut down under it: the next run redoes the row
+                return
             log.exception("internal error on row %d", job.row.index)
-            outcome = self._failed(job.row, Reason.INTERNAL_ERROR.value, repr(exc)[:300], 0, job.started)
+            outcome = failed(job.row, Reason.INTERNAL_ERROR.value, repr(exc)[:300], 0, job.started)
         if outcome is not None:
             self._record(outcome, job.host)
-
-    async def _fetch_and_save(self, job: Job) -> Outcome | None:
-        """The row's outcome; None when the run is stopping and a retry could still have helped."""
-        cfg = self.cfg
-        http = cfg.http
-        gate = self._hosts.get(job.host)
-        loop = asyncio.get_running_loop()
-        attempts = 0
-        while True:
-            attempts += 1
-            await gate.acquire()
-            try:
-                while True:
-                    async with self._global:
-                        wait = gate.try_start(loop.time())
-                        if not wait:
-                            res = await self.engine.attempt(job.url)
-                            break
-                    # The host's turn passed while this row queued for a global slot.
-                    await asyncio.sleep(wait)
-            finally:
-                gate.release()
-            if res.ok:
-                gate.reward()
-                break
-            if res.status in _SLOW_DOWN:
-                gate.penalize(loop.time(), res.retry_after, http.max_retry_after)
-            elif res.status is not None:
-                gate.reward()
-            retryable = is_retryable(res.reason)
-            if self._stopping and retryable and attempts <= http.retries:
-                return None
-            if attempts > http.retries or not retryable:
-                assert res.reason is not None
-                return self._failed(
-                    job.row,
-                    res.reason,
-                    res.detail,
-                    attempts,
-                    job.started,
-                    http_status=res.status,
-                    final_url=res.final_url,
-                )
-            await asyncio.sleep(
-                backoff_delay(
-                    attempts,
-                    base=http.backoff_base,
-                    cap=http.backoff_max,
-                    retry_after=res.retry_after,
-                    max_retry_after=http.max_retry_after,
-                )
-            )
-            if self._stopping:
-                return None
-        body = res.body
-        assert body is not None
-        return await self._save(job, res, body, attempts)
-
-    async def _save(self, job: Job, res: Fetched, body: bytes, attempts: int) -> Outcome:
-        cfg = self.cfg
-        result: images.ImageInfo | images.Processed | images.Rejected
-        if self._pool is not None:
-            try:
-                result = await self._pool.run(body)
-            except WorkerCrashed as exc:  # e.g. a decoder crashing on a hostile image
-                result = images.Rejected(Reason.DECODE_ERROR.value, str(exc))
-        else:
-            result = images.check(body, cfg.image)
-        common = {
-            "row": job.row.index,
-            "url": job.row.url,
-            "http_status": res.status,
-            "attempts": attempts,
-            "final_url": res.final_url,
-            "extra": job.row.extra,
-        }
-        if isinstance(result, images.Rejected):
-            info = result.info
-            return Outcome(
-                status=Status.SKIPPED if result.skipped else Status.FAILED,
-                reason=result.reason,
-                detail=result.detail,
-                bytes=len(body),
-                orig_format=info.format if info else None,
-                orig_width=info.width if info else None,
-                orig_height=info.height if info else None,
-                elapsed=time.monotonic() - job.started,
-                **common,  # type: ignore[arg-type]
-            )
-        orig_sha = hashlib.sha256(body).hexdigest()
-        if isinstance(result, images.Processed):
-            data, fmt, w, h = result.data, result.format, result.width, result.height
-            ofmt, ow, oh = result.orig_format, result.orig_width, result.orig_height
-            sha = orig_sha if data is body else hashlib.sha256(data).hexdigest()
-        else:
-            data, fmt, w, h = body, result.format, result.width, result.height
-            ofmt, ow, oh = fmt, w, h
-            sha = orig_sha
-        stem = job.stem if job.stem is not None else naming.hash_stem(sha)
-        name = naming.file_name(stem, fmt)
-        assert self._sink is not None
-        try:
-            path = self._sink.write(job.folder, name, data)
-        except OSError as exc:
-            if exc.errno in FATAL_ERRNOS:
-                raise OutputError(f"cannot write to '{self._sink.root}': {exc.strerror}") from None
-            return Outcome(
-                status=Status.FAILED,
-                reason=Reason.WRITE_ERROR.value,
-                detail=str(exc)[:300],
-                elapsed=time.monotonic() - job.started,
-                **common,  # type: ignore[arg-type]
-            )
-        return Outcome(
-            status=Status.OK,
-            bytes=len(data),
-            format=fmt,
-            width=w,
-            height=h,
-            orig_format=ofmt,
-            orig_width=ow,
-            orig_height=oh,
-            sha256=sha,
-            orig_sha256=orig_sha,
-            path=path,
-            elapsed=time.monotonic() - job.started,
-            **common,  # type: ignore[arg-type]
-        )
 
     def _record(self, outcome: Outcome, host: str | None) -> None:
         """Queue the row's outcome for the next ledger commit and count it."""
