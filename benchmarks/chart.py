@@ -58,11 +58,23 @@ def _bars(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
     ax.set_title(title)
 
 
-def _by_concurrency(ax: Any, rows: list[dict[str, Any]]) -> None:
+def _by_concurrency(ax: Any, rows: list[dict[str, Any]], one_loop: list[dict[str, Any]]) -> None:
     js = [r["concurrency"] for r in rows]
     rate = [r["images_per_s"] for r in rows]
     latency = rows[0]["latency_s"] * LOGNORMAL_MEAN
-    ax.plot(js, rate, "o-", color=COLOURS["imgfetch"], label="imgfetch async")
+    ax.plot(js, rate, "o-", color=COLOURS["imgfetch"], label="imgfetch async (--loops auto)")
+    if one_loop:
+        # Below the first one-loop point auto already meant one loop: join the lines there.
+        first = one_loop[0]["concurrency"]
+        joined = [r for r in rows if r["concurrency"] < first][-1:] + one_loop
+        ax.plot(
+            [r["concurrency"] for r in joined],
+            [r["images_per_s"] for r in joined],
+            "o--",
+            color=COLOURS["imgfetch"],
+            alpha=0.5,
+            label="imgfetch async, --loops 1",
+        )
     ax.plot(js, [j / latency for j in js], ":", color="black", label="latency-bound ideal  j / mean latency")
     ax.set_xscale("log", base=2)
     ax.set_xticks(js, [str(j) for j in js])
@@ -108,7 +120,7 @@ def draw(report: dict[str, Any], out: Path) -> None:
     _bars(axes[0][1], [r for r in results if r["workload"] == "W2"], f"W2: download + --size {size}")
     if has_scaling:
         if scaling.get("concurrency"):
-            _by_concurrency(axes[1][0], scaling["concurrency"])
+            _by_concurrency(axes[1][0], scaling["concurrency"], scaling.get("concurrency-one-loop") or [])
         if scaling.get("latency"):
             _by_latency(axes[1][1], scaling["latency"])
     m = report["machine"]

@@ -64,11 +64,45 @@ def test_verify_counts_only_whole_images_and_for_w1_only_corpus_bytes(tmp_path: 
 
 def test_table_compares_with_classic() -> None:
     rows = [
-        bench.Result("W1", "imgfetch-async", 100, 1.0, 0.5, 60.0, 100, 100, 0),
+        bench.Result("W1", "imgfetch-async", 100, 1.0, 0.5, 60.0, 100, 100, 0, peak_pss_mb=41.4),
         bench.Result("W1", "classic", 100, 10.0, 2.0, 40.0, 100, 100, 0),
     ]
     text = bench.table(rows, "W1")
-    assert "| imgfetch-async | 100 | 100 | 10.0x | 5.00 | 60 | 100/100 |  |  |" in text
+    assert "| imgfetch-async | 100 | 100 | 10.0x | 5.00 | 60 | 41 | 100/100 |  |  |" in text
+    assert "| classic | 100 | 10 | 1.0x | 20.00 | 40 | - | 100/100 |  |  |" in text
+
+
+_FORKER = """
+import os, sys, time
+block = bytearray(64 << 20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+pid = os.fork()
+if pid == 0:
+    time.sleep(30)
+    os._exit(0)
+print(os.getpid(), pid, flush=True)
+sys.stdin.read()
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pss_splits_what_a_forked_child_shares() -> None:
+    """RSS counts the pages a fork shares twice; PSS splits them, so the tree's PSS stays near one copy."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        try:
+            rss, pss = bench._rss(pids), bench._pss(pids)
+        finally:
+            proc.stdin.close()
+            proc.wait(10)
+    assert rss > 2 * (60 << 20), "both processes count the block in their RSS"
+    assert pss < rss - (50 << 20), "PSS counts the shared block about once"
 
 
 def test_corpus_is_deterministic_and_grows_as_a_prefix(tmp_path: Path) -> None:

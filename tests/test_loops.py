@@ -21,7 +21,7 @@ import pytest
 import imgfetch
 from conftest import FAST, fetch
 from imgfetch import api, loops
-from imgfetch.config import build
+from imgfetch.config import HttpConfig, build
 from imgfetch.errors import ConfigError
 from imgfetch.server import ImageServer, Latency
 from test_resume import (
@@ -130,7 +130,8 @@ def test_auto_in_a_plain_process_uses_a_loop_per_core() -> None:
         " loops.count(build('l.txt', size=64)), loops.count(build('l.txt', engine='threads')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    expected = max(1, min(os.cpu_count() or 1, loops.AUTO_MAX, 128 // loops.MIN_PER_LOOP))
+    default_j = HttpConfig().concurrency
+    expected = max(1, min(os.cpu_count() or 1, loops.AUTO_MAX, default_j // loops.MIN_PER_LOOP))
     assert out.split() == [str(expected), "1", "1", "1"]
 
 

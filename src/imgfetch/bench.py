@@ -47,6 +47,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgfetch.config import HttpConfig
+from imgfetch.loops import MIN_PER_LOOP
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
@@ -109,6 +112,8 @@ class Result:
     server_cpu_s: float | None = None
     #: images/s of every repetition, when the tool ran more than once (the best run is reported).
     runs: list[float] = dataclasses.field(default_factory=list)
+    #: Peak proportional set size of the tree (shared pages split between the processes sharing them).
+    peak_pss_mb: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -122,7 +127,7 @@ class Result:
         d = dataclasses.asdict(self)
         d["images_per_s"] = round(self.images_per_s, 1)
         d["cpu_s_per_1000"] = round(self.cpu_per_1000, 3) if self.valid else None
-        for k in ("wall_s", "cpu_s", "peak_rss_mb", "server_cpu_s"):
+        for k in ("wall_s", "cpu_s", "peak_rss_mb", "server_cpu_s", "peak_pss_mb"):
             if d[k] is not None:
                 d[k] = round(d[k], 3)
         return d
@@ -238,6 +243,25 @@ def _rss(pids: Sequence[int]) -> int:
     return total
 
 
+def _pss(pids: Sequence[int]) -> int:
+    """Proportional set size: a page shared by k processes counts 1/k in each (Linux 4.14+).
+
+    Summing RSS counts every page a forked child shares with its parent twice;
+    PSS is what the tree really holds.
+    """
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
     return _rss(_tree(pid))
@@ -252,12 +276,15 @@ class TreeSampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0
+        self.peak_pss = 0
         self._pids: list[int] = [pid]
         self._n = 0
 
     def sample(self) -> None:
         if self._n % self.RESCAN_EVERY == 0:
             self._pids = _tree(self.pid)
+            # PSS costs the kernel a page-table walk: sampled less often than RSS.
+            self.peak_pss = max(self.peak_pss, _pss(self._pids))
         self._n += 1
         self.peak = max(self.peak, _rss(self._pids))
 
@@ -295,6 +322,7 @@ class Measured:
     cpu_s: float
     peak_rss: int
     returncode: int
+    peak_pss: int = 0
 
 
 def measure(cmd: Sequence[str], *, log: Path, cwd: Path | None = None) -> Measured:
@@ -317,12 +345,13 @@ def measure(cmd: Sequence[str], *, log: Path, cwd: Path | None = None) -> Measur
             raise
         wall = time.perf_counter() - started
         peak = sampler.peak
+        peak_pss = sampler.peak_pss
     _reap_strays(keep)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not sys.platform.startswith("linux"):
         peak = after.ru_maxrss * 1024
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Measured(wall, cpu, peak, proc.returncode)
+    return Measured(wall, cpu, peak, proc.returncode, peak_pss)
 
 
 # ---- checking outputs -------------------------------------------------------
@@ -621,6 +650,8 @@ class Bench:
         )  # fmt: skip
         if server_before is not None and server_after is not None:
             res.server_cpu_s = server_after - server_before
+        if m.peak_pss:
+            res.peak_pss_mb = m.peak_pss / 1e6
         self.log(
             f"  {name}: {res.images_per_s:.0f} images/s, {res.cpu_per_1000:.2f} CPU s/1000,"
             f" {res.peak_rss_mb:.0f} MB, {valid}/{count} valid"
@@ -698,11 +729,18 @@ class Bench:
         tool = TOOLS["imgfetch-async"]
         wl = Workload("W1", None)
         self.log(f"scaling (imgfetch async, W1, {s.scaling_urls} URLs)")
+        default_j = HttpConfig().concurrency
         points: list[tuple[str, float, int, list[str]]] = [
-            ("latency", latency, 128, []) for latency in (0.02, 0.08, 0.3)
+            ("latency", latency, default_j, []) for latency in (0.02, 0.08, 0.3)
         ]
         # --per-host j: the per-host limit must not be what binds in this sweep.
         points += [("concurrency", s.latency, j, ["-j", str(j), "--per-host", str(j)]) for j in SCALING_J]
+        # Where --loops auto starts more loops, the same points with one loop show what they add.
+        points += [
+            ("concurrency-one-loop", s.latency, j, ["-j", str(j), "--per-host", str(j), "--loops", "1"])
+            for j in SCALING_J
+            if j >= 2 * MIN_PER_LOOP
+        ]
         runs: dict[tuple[str, float, int], list[Result]] = {}
         for _ in range(s.repeat):
             for key, latency, j, extra in points:
@@ -760,20 +798,21 @@ def table(results: Sequence[Result], workload: str) -> str:
         return ""
     classic = next((r for r in rows if r.tool == "classic" and r.images_per_s), None)
     head = (
-        "| tool | URLs | images/s | vs classic | CPU s / 1000 images | peak RSS MB | valid"
+        "| tool | URLs | images/s | vs classic | CPU s / 1000 images | peak RSS MB | peak PSS MB | valid"
         " | peak/host | server CPU s / 1000 |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         ratio = f"{r.images_per_s / classic.images_per_s:.1f}x" if classic else ""
         cpu = f"{r.cpu_per_1000:.2f}" if r.valid else "-"
         rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-"
+        pss = f"{r.peak_pss_mb:.0f}" if r.peak_pss_mb else "-"
         peak = "" if r.server_peak_per_host is None else str(r.server_peak_per_host)
         valid = f"{r.valid}/{r.urls}" + (f" ({r.note})" if r.note else "")
         server = f"{1000 * r.server_cpu_s / r.valid:.2f}" if r.server_cpu_s is not None and r.valid else ""
         lines.append(
-            f"| {r.tool} | {r.urls} | {r.images_per_s:.0f} | {ratio} | {cpu} | {rss} | {valid} | {peak}"
-            f" | {server} |"
+            f"| {r.tool} | {r.urls} | {r.images_per_s:.0f} | {ratio} | {cpu} | {rss} | {pss} | {valid}"
+            f" | {peak} | {server} |"
         )
     return "\n".join(lines)
 
@@ -802,10 +841,15 @@ def markdown(report: dict[str, Any], results: Sequence[Result]) -> str:
         t = table(results, wl)
         if t:
             parts += ["", f"## {title}", "", t]
-    for key, label in (("latency", "latency_s"), ("concurrency", "concurrency")):
+    for key, label in (
+        ("latency", "latency_s"),
+        ("concurrency", "concurrency"),
+        ("concurrency-one-loop", "concurrency"),
+    ):
         rows = report.get("scaling", {}).get(key)
         if rows:
-            parts += ["", f"## Scaling by {key} (imgfetch async, W1)", ""]
+            what = "concurrency, --loops 1" if key == "concurrency-one-loop" else key
+            parts += ["", f"## Scaling by {what} (imgfetch async, W1)", ""]
             parts += [f"| {label} | images/s | CPU s / 1000 images | peak RSS MB |", "|---|---|---|---|"]
             for row in rows:
                 parts.append(

@@ -124,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, help="only the first N rows")
 
     g = ap.add_argument_group("fetching")
-    g.add_argument("-j", "--concurrency", type=int, default=128, help="requests in flight (default: 128)")
+    g.add_argument("-j", "--concurrency", type=int, default=256, help="requests in flight (default: 256)")
     g.add_argument("--per-host", type=int, default=8, help="requests in flight per host (default: 8)")
     g.add_argument("--engine", choices=sorted(ENGINES), default="async", help="default: async")
     g.add_argument(

@@ -29,7 +29,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 class HttpConfig:
     """How to fetch: limits, deadlines, retries and politeness."""
 
-    concurrency: int = 128
+    concurrency: int = 256
     per_host: int = 8
     retries: int = 3
     backoff_base: float = 0.5

@@ -22,9 +22,12 @@ its own loop and ``N - 1`` loop processes:
   (``workers-failed``, exit 1): its rows are redone by the next run.
 
 ``--loops auto`` (the default) uses up to :data:`AUTO_MAX` loops, one per core
-and one per :data:`MIN_PER_LOOP` of ``-j``, but only when they are nearly free
-to start: the async engine, no image decoding (the decode workers already use
-every core) and a ``fork`` of a process with no other thread (Linux).  Forking
+and one per :data:`MIN_PER_LOOP` of ``-j`` (measured on the benchmark, W1: one
+loop keeps about 128 requests in flight at 80 ms, ~1000 images/s on a 2-core
+machine; below that a second loop adds only its messages, about 0.2 ms of CPU
+per row), but only when they are nearly free to start: the async engine, no
+image decoding (the decode workers already use every core) and a ``fork`` of a
+process with no other thread (Linux).  Forking
 copies the already imported modules, so a loop process starts in milliseconds;
 elsewhere (threads running, as in a Python program or a test suite, or macOS)
 auto means one loop, and an explicit ``--loops N`` starts its processes with
@@ -50,6 +53,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from imgfetch import sources
+from imgfetch.engines import make_engine
 from imgfetch.errors import OutputError
 from imgfetch.fetch.common import parse_url
 from imgfetch.job import FATAL, Fetcher, Job
@@ -68,7 +72,7 @@ if TYPE_CHECKING:
 #: Most loops ``auto`` chooses.
 AUTO_MAX = 4
 #: ``auto`` gives each loop at least this many of ``-j``'s requests in flight.
-MIN_PER_LOOP = 32
+MIN_PER_LOOP = 128
 #: Seconds a loop process gets to end after its stream closes, before it is killed.
 CLOSE_GRACE = 5.0
 _FRAME = struct.Struct("!I")
@@ -341,8 +345,6 @@ def _serve(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, cl
 
 
 async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int) -> None:
-    from imgfetch.engines import make_engine
-
     reader, writer = await asyncio.open_connection(sock=sock, limit=_BUFFER)
     fetcher = Fetcher(cfg, make_engine(cfg.engine, cfg.http), FileSink(root), concurrency)
     tasks: set[asyncio.Task[None]] = set()
