@@ -33,6 +33,11 @@ def _colour(tool: str) -> str:
 
 
 def _bars(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
+    if not rows:  # e.g. a report of ``--workloads W2`` only
+        ax.set_axis_off()
+        ax.set_title(title)
+        ax.text(0.5, 0.5, "not in this report", ha="center", va="center", transform=ax.transAxes)
+        return
     tools = [r for r in rows if r["tool"] != "processing ceiling"]
     ceiling = next((r for r in rows if r["tool"] == "processing ceiling"), None)
     names = [r["tool"] for r in tools][::-1]
