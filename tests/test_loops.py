@@ -70,6 +70,17 @@ def _cli(listing: Path, out: Path, *args: str, **kw: Any) -> subprocess.Popen[st
     )
 
 
+def _rerun_completes(srv: ImageServer, listing: Path, out: Path, urls: list[str], *args: str) -> None:
+    """The next run finishes the list, with one outcome per row, refetching nothing done before."""
+    first = done_urls(out, urls)
+    before = requests(srv)
+    proc = _cli(listing, out, *args, "-q")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    check_complete(out, urls)
+    assert_not_refetched(before, requests(srv), first)
+
+
 # ---- pure parts -------------------------------------------------------------------------
 
 
@@ -264,14 +275,8 @@ def test_kill_9_of_the_pipeline_takes_its_loops_along_and_loses_nothing(
     while any(_alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(_alive(k) for k in kids), "the loop processes died with the pipeline"
-    first = done_urls(out, urls)
-    assert 0 < len(first) < len(urls)
-    before = requests(srv)
-    proc = _cli(listing, out, "--loops", "3", "-q")
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    check_complete(out, urls)
-    assert_not_refetched(before, requests(srv), first)
+    assert 0 < len(done_urls(out, urls)) < len(urls)
+    _rerun_completes(srv, listing, out, urls, "--loops", "3")
 
 
 @linux_only
@@ -289,13 +294,7 @@ def test_a_loop_process_that_dies_stops_the_run_cleanly(srv: ImageServer, tmp_pa
     assert proc.returncode == 1, stderr
     assert "error[workers-failed]" in stderr and "event-loop process" in stderr, stderr
     assert "Traceback" not in stderr
-    first = done_urls(out, urls)
-    before = requests(srv)
-    proc = _cli(listing, out, "--loops", "2", "-q")
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    check_complete(out, urls)
-    assert_not_refetched(before, requests(srv), first)
+    _rerun_completes(srv, listing, out, urls, "--loops", "2")
 
 
 @linux_only
@@ -315,13 +314,7 @@ def test_ctrl_c_to_the_whole_process_group_stops_like_one_loop(srv: ImageServer,
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert kids and not any(_alive(k) for k in kids), "the pipeline waited for its loop processes"
-    first = done_urls(out, urls)
-    before = requests(srv)
-    proc = _cli(listing, out, "--loops", "2", "-q")
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    check_complete(out, urls)
-    assert_not_refetched(before, requests(srv), first)
+    _rerun_completes(srv, listing, out, urls, "--loops", "2")
 
 
 def test_crc32_is_what_owners_use() -> None:

@@ -45,7 +45,6 @@ import operator
 import os
 import pickle
 import signal
-import socket
 import struct
 import sys
 import threading
@@ -59,10 +58,11 @@ from imgfetch.fetch.common import parse_url
 from imgfetch.job import FATAL, Fetcher, Job
 from imgfetch.outcome import Outcome, Status
 from imgfetch.sinks import FileSink
-from imgfetch.workers import PoolBroken
+from imgfetch.workers import PoolBroken, socket_pair
 from imgfetch.workers import context as spawn_context
 
 if TYPE_CHECKING:
+    import socket
     from multiprocessing.context import BaseContext
     from multiprocessing.process import BaseProcess
     from pathlib import Path
@@ -215,10 +215,7 @@ class LoopProcess:
         cls, ctx: BaseContext, cfg: RunConfig, root: Path, concurrency: int, ours: list[int]
     ) -> LoopProcess:
         """``ours``: descriptors of this process that a forked child must close (see ``_serve``)."""
-        parent, child = socket.socketpair()
-        for end in (parent, child):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUFFER)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
+        parent, child = socket_pair(_BUFFER)
         forked = ctx.get_start_method() == "fork"
         ours.append(parent.fileno())
         try:

@@ -62,8 +62,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
+    from typing import Self
 
 _CONTENT_TYPES = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"GI": "image/gif", b"RI": "image/webp"}
 
@@ -126,43 +127,43 @@ def huge_pixels_png(width: int = 30000, height: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-class ImageServer:
-    """Runs in a background thread: ``with ImageServer(images) as srv: srv.url("img/a.jpg")``."""
+class _ThreadedServer:
+    """What both servers share: checked settings, a background thread running an event loop,
+    ``with`` / ``start()`` / ``stop()``, and the URLs of the hosts.  Subclasses bind in
+    ``_serve()`` (with ``_bind()``) and let go in ``_shutdown()``."""
+
+    _thread_name = "imgfetch-server"
 
     def __init__(
         self,
         images: Mapping[str, bytes],
         *,
-        hosts: Sequence[str] = ("127.0.0.1",),
-        port: int = 0,
-        latency: Latency | None = None,
-        catch_all: bool = False,
-        record_headers: bool = False,
+        hosts: Sequence[str],
+        port: int,
+        latency: Latency | None,
+        catch_all: bool,
     ) -> None:
+        kind = type(self).__name__
         if not images:
-            raise ValueError("ImageServer needs at least one image")
+            raise ValueError(f"{kind} needs at least one image")
         for host in hosts:
             if not host.startswith("127."):
-                raise ValueError("ImageServer only binds loopback addresses")
+                raise ValueError(f"{kind} only binds loopback addresses")
         self.images = dict(images)
         self._names = sorted(self.images)
         self.hosts = list(hosts)
         self.port = port
         self.latency = latency or Latency()
         self.catch_all = catch_all
-        self.record_headers = record_headers
         self.stats = ServerStats()
-        self._flaky: Counter[str] = Counter()
         self._rng = self.latency.sampler()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._bomb: bytes | None = None
 
     # ---- lifecycle -------------------------------------------------------
-    def __enter__(self) -> ImageServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -172,17 +173,17 @@ class ImageServer:
         self.stop()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="imgfetch-server", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
             raise self._error
 
     def stop(self) -> None:
-        loop, runner = self._loop, self._runner
-        if loop is None or runner is None:
+        loop = self._loop
+        if loop is None:
             return
-        fut = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
+        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
         with contextlib.suppress(Exception):
             fut.result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -198,6 +199,8 @@ class ImageServer:
         except BaseException as exc:
             self._error = exc
             self._ready.set()
+            self._loop = None
+            loop.close()
             return
         self._ready.set()
         try:
@@ -206,30 +209,27 @@ class ImageServer:
             loop.close()
 
     async def _serve(self) -> None:
-        app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-        await runner.setup()
+        raise NotImplementedError
+
+    async def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    async def _bind(
+        self, listen: Callable[[str, int], Awaitable[int]], unlisten: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Listen on every host with one port: ``listen(host, port)`` returns the bound port;
+        with port 0 the first host picks it, and a port another host cannot have is retried."""
         for attempt in range(20):
             port = self.port
-            sites: list[web.TCPSite] = []
             try:
                 for host in self.hosts:
-                    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-                    await site.start()
-                    sites.append(site)
-                    if port == 0:
-                        server = site._server
-                        assert server is not None
-                        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+                    port = await listen(host, port)
                 self.port = port
-                break
+                return
             except OSError:
-                for site in sites:
-                    await site.stop()
+                await unlisten()
                 if self.port != 0 or attempt == 19:
                     raise
-        self._runner = runner
 
     # ---- addresses -------------------------------------------------------
     def base(self, host: int | str = 0) -> str:
@@ -238,6 +238,54 @@ class ImageServer:
 
     def url(self, path: str, host: int | str = 0) -> str:
         return f"{self.base(host)}/{path.lstrip('/')}"
+
+
+class ImageServer(_ThreadedServer):
+    """Runs in a background thread: ``with ImageServer(images) as srv: srv.url("img/a.jpg")``."""
+
+    def __init__(
+        self,
+        images: Mapping[str, bytes],
+        *,
+        hosts: Sequence[str] = ("127.0.0.1",),
+        port: int = 0,
+        latency: Latency | None = None,
+        catch_all: bool = False,
+        record_headers: bool = False,
+    ) -> None:
+        super().__init__(images, hosts=hosts, port=port, latency=latency, catch_all=catch_all)
+        self.record_headers = record_headers
+        self._flaky: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self._sites: list[web.TCPSite] = []
+        self._bomb: bytes | None = None
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
+        await runner.setup()
+        self._runner = runner
+
+        async def listen(host: str, port: int) -> int:
+            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+            await site.start()
+            self._sites.append(site)
+            server = site._server
+            assert server is not None
+            bound: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+            return bound
+
+        async def unlisten() -> None:
+            sites, self._sites = self._sites, []
+            for site in sites:
+                await site.stop()
+
+        await self._bind(listen, unlisten)
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     # ---- handlers --------------------------------------------------------
     def _image_for(self, key: str) -> bytes:
@@ -658,7 +706,7 @@ class _LeanProtocol(asyncio.BufferedProtocol):
             transport.close()
 
 
-class LeanServer:
+class LeanServer(_ThreadedServer):
     """The benchmark's image server: ``/img/NAME`` and the catch-all of :class:`ImageServer`, cheaply.
 
     A raw asyncio protocol (no aiohttp) in a background thread, with the same
@@ -674,6 +722,8 @@ class LeanServer:
     latency is a timer on the event loop (``call_later``): waiting costs no CPU.
     """
 
+    _thread_name = "imgfetch-lean-server"
+
     def __init__(
         self,
         images: Mapping[str, bytes],
@@ -683,19 +733,7 @@ class LeanServer:
         latency: Latency | None = None,
         catch_all: bool = False,
     ) -> None:
-        if not images:
-            raise ValueError("LeanServer needs at least one image")
-        for host in hosts:
-            if not host.startswith("127."):
-                raise ValueError("LeanServer only binds loopback addresses")
-        self.images = dict(images)
-        self._names = sorted(self.images)
-        self.hosts = list(hosts)
-        self.port = port
-        self.latency = latency or Latency()
-        self.catch_all = catch_all
-        self.stats = ServerStats()
-        self._rng = self.latency.sampler()
+        super().__init__(images, hosts=hosts, port=port, latency=latency, catch_all=catch_all)
         #: The whole response (head and body) to a keep-alive HTTP/1.1 GET of each image, built up
         #: front: then answering costs no copy, and building it (a fresh allocation, page faults
         #: and a copy of the image) is not paid while a tool is being measured.
@@ -705,79 +743,25 @@ class LeanServer:
         self._scratch = memoryview(bytearray(64 * 1024))
         self._conns: set[_LeanProtocol] = set()
         self._servers: list[asyncio.Server] = []
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-
-    # ---- lifecycle -------------------------------------------------------
-    def __enter__(self) -> LeanServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="imgfetch-lean-server", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        with contextlib.suppress(Exception):
-            fut.result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop = None
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            self._loop = None
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        for attempt in range(20):
-            port = self.port
-            servers: list[asyncio.Server] = []
-            try:
-                for host in self.hosts:
-                    server = await loop.create_server(
-                        lambda: _LeanProtocol(self), host, port, backlog=1024, reuse_address=True
-                    )
-                    servers.append(server)
-                    if port == 0:
-                        port = server.sockets[0].getsockname()[1]
-                self.port = port
-                self._servers = servers
-                return
-            except OSError:
-                for server in servers:
-                    server.close()
-                    await server.wait_closed()
-                if self.port != 0 or attempt == 19:
-                    raise
+
+        async def listen(host: str, port: int) -> int:
+            server = await loop.create_server(
+                lambda: _LeanProtocol(self), host, port, backlog=1024, reuse_address=True
+            )
+            self._servers.append(server)
+            bound: int = server.sockets[0].getsockname()[1]
+            return bound
+
+        async def unlisten() -> None:
+            servers, self._servers = self._servers, []
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+
+        await self._bind(listen, unlisten)
 
     async def _shutdown(self) -> None:
         for server in self._servers:
@@ -790,14 +774,6 @@ class LeanServer:
         self._servers = []
         for _ in range(3):  # the transports' connection_lost callbacks
             await asyncio.sleep(0)
-
-    # ---- addresses -------------------------------------------------------
-    def base(self, host: int | str = 0) -> str:
-        name = self.hosts[host] if isinstance(host, int) else host
-        return f"http://{name}:{self.port}"
-
-    def url(self, path: str, host: int | str = 0) -> str:
-        return f"{self.base(host)}/{path.lstrip('/')}"
 
     # ---- responses -------------------------------------------------------
     def _hostname(self, host: bytes) -> str:

@@ -67,6 +67,15 @@ def context() -> BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def socket_pair(buffer: int = _BUFFER) -> tuple[socket.socket, socket.socket]:
+    """A connected Unix socket pair (parent's end, child's end) with ``buffer``-byte buffers."""
+    parent, child = socket.socketpair()
+    for end in (parent, child):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    return parent, child
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     """Exactly ``size`` bytes, or None at a clean end of stream."""
     buf = bytearray(size)
@@ -148,10 +157,7 @@ class CpuPool(Generic[R]):
         await self.close()
 
     async def _start(self) -> _Worker:
-        parent, child = socket.socketpair()
-        for end in (parent, child):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUFFER)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
+        parent, child = socket_pair()
         try:
             proc = self._ctx.Process(  # type: ignore[attr-defined]
                 target=_serve, args=(child, self._fn, self._arg), name="imgfetch-cpu", daemon=True
