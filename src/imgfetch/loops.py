@@ -58,7 +58,7 @@ from imgfetch.fetch.common import parse_url
 from imgfetch.job import FATAL, Fetcher, Job
 from imgfetch.outcome import Outcome, Status
 from imgfetch.sinks import FileSink
-from imgfetch.workers import PoolBroken, socket_pair
+from imgfetch.workers import PoolBroken, spawn
 from imgfetch.workers import context as spawn_context
 
 if TYPE_CHECKING:
@@ -215,23 +215,13 @@ class LoopProcess:
         cls, ctx: BaseContext, cfg: RunConfig, root: Path, concurrency: int, ours: list[int]
     ) -> LoopProcess:
         """``ours``: descriptors of this process that a forked child must close (see ``_serve``)."""
-        parent, child = socket_pair(_BUFFER)
         forked = ctx.get_start_method() == "fork"
-        ours.append(parent.fileno())
-        try:
-            proc = ctx.Process(  # type: ignore[attr-defined]
-                target=_serve,
-                args=(child, cfg, root, concurrency, list(ours) if forked else []),
-                name="imgfetch-loop",
-                daemon=True,
-            )
-            proc.start()
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        reader, writer = await asyncio.open_connection(sock=parent, limit=_BUFFER)
+
+        def args(fd: int, child: socket.socket) -> tuple[Any, ...]:
+            ours.append(fd)
+            return (child, cfg, root, concurrency, list(ours) if forked else [])
+
+        proc, reader, writer = await spawn(ctx, "imgfetch-loop", _serve, args)
         return cls(proc, reader, writer)
 
     def stop(self) -> None:

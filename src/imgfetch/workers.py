@@ -76,6 +76,29 @@ def socket_pair(buffer: int = _BUFFER) -> tuple[socket.socket, socket.socket]:
     return parent, child
 
 
+async def spawn(
+    ctx: BaseContext,
+    name: str,
+    target: Callable[..., None],
+    args: Callable[[int, socket.socket], tuple[Any, ...]],
+) -> tuple[BaseProcess, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Start ``target(*args(parent_fd, child_end))`` in a daemon process of ``ctx``, joined to this
+    event loop by a socket pair: the child keeps its end, this process streams over the other."""
+    parent, child = socket_pair()
+    try:
+        proc = ctx.Process(  # type: ignore[attr-defined]
+            target=target, args=args(parent.fileno(), child), name=name, daemon=True
+        )
+        proc.start()
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    reader, writer = await asyncio.open_connection(sock=parent, limit=_BUFFER)
+    return proc, reader, writer
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     """Exactly ``size`` bytes, or None at a clean end of stream."""
     buf = bytearray(size)
@@ -157,18 +180,9 @@ class CpuPool(Generic[R]):
         await self.close()
 
     async def _start(self) -> _Worker:
-        parent, child = socket_pair()
-        try:
-            proc = self._ctx.Process(  # type: ignore[attr-defined]
-                target=_serve, args=(child, self._fn, self._arg), name="imgfetch-cpu", daemon=True
-            )
-            proc.start()
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        reader, writer = await asyncio.open_connection(sock=parent, limit=_BUFFER)
+        proc, reader, writer = await spawn(
+            self._ctx, "imgfetch-cpu", _serve, lambda _fd, child: (child, self._fn, self._arg)
+        )
         worker = _Worker(proc, reader, writer)
         worker.task = asyncio.create_task(self._read(worker))
         return worker
