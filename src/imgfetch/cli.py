@@ -132,8 +132,8 @@ def parser() -> argparse.ArgumentParser:
         type=loops_arg,
         default=None,
         metavar="N|auto",
-        help="event loops (one process each) doing download-only rows; default auto: one per core,"
-        " up to 4, when they can be forked",
+        help="event loops (one process each) sharing download-only rows; default auto: one per 128"
+        " of -j, at most one per core and 4, when they can be forked (Linux)",
     )
     g.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: 3)")
     g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default: 10)")
