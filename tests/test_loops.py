@@ -7,6 +7,8 @@ threads run; fork from the ``imgfetch`` command), real signals; no mocks.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -322,3 +324,38 @@ def test_crc32_is_what_owners_use() -> None:
     owners = loops.Owners([0.5, 0.5])
     for host in ("a.example", "127.0.0.1", "b\u00e9.example"):
         assert owners(host) == (zlib.crc32(host.encode()) >= 2**31)
+
+
+def _can_mount_tmpfs() -> bool:
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare and a tmpfs mount in a user namespace")
+@pytest.mark.parametrize("n", ["1", "2"])
+def test_a_full_disk_stops_the_run_with_one_line_whichever_loop_writes(
+    tmp_path: Path, server: ImageServer, n: str
+) -> None:
+    """The output folder is a 400 kB tmpfs (a private mount namespace): the write that finds it
+    full (ENOSPC, in the pipeline's loop or in a loop process) stops the run: exit 1, one line."""
+    # One host, which two loops give to the loop process: with --loops 2 every file is written there,
+    # so the error travels from the loop process to the pipeline.
+    assert loops.Owners(loops.weights(2))(server.hosts[0]) == 1
+    names = sorted(server.images)
+    urls = [server.url(f"_/as/{names[i % len(names)]}/{tag()}/{i}.jpg", 0) for i in range(400)]
+    listing = write_list(tmp_path / "list.txt", urls)
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "imgfetch", str(listing), "-o", str(out), *CLI_BASE, "-q", "--loops", n]
+    script = f"mount -t tmpfs -o size=400k tmpfs {shlex.quote(str(out))} && exec {shlex.join(cmd)}"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("imgfetch: error[bad-output]:"), proc.stderr
+    assert "No space left" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
