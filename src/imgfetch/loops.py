@@ -58,7 +58,7 @@ from imgfetch.fetch.common import parse_url
 from imgfetch.job import FATAL, Fetcher, Job
 from imgfetch.outcome import Outcome, Status
 from imgfetch.sinks import FileSink
-from imgfetch.workers import PoolBroken, spawn
+from imgfetch.workers import BUFFER, PoolBroken, reap, spawn
 from imgfetch.workers import context as spawn_context
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ MIN_PER_LOOP = 128
 #: Seconds a loop process gets to end after its stream closes, before it is killed.
 CLOSE_GRACE = 5.0
 _FRAME = struct.Struct("!I")
-_BUFFER = 1 << 20
 # Each frame is a list of messages.  To a loop process: (_JOB, row, url, folder, stem, started)
 # or (_STOP,); back: (row, _OUTCOME, packed Outcome or None) or (row, _FATAL, (kind, message)).
 _JOB, _STOP = 0, 1
@@ -275,13 +274,7 @@ class LoopProcess:
         """End of stream for the process (it cancels what it still does and exits); kill stragglers."""
         self._closing = True
         self._writer.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._proc.is_alive() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._proc.join(1.0)
+        await reap(self._proc, asyncio.get_running_loop().time() + timeout)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -332,7 +325,7 @@ def _serve(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, cl
 
 
 async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int) -> None:
-    reader, writer = await asyncio.open_connection(sock=sock, limit=_BUFFER)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=BUFFER)
     fetcher = Fetcher(cfg, make_engine(cfg.engine, cfg.http), FileSink(root), concurrency)
     tasks: set[asyncio.Task[None]] = set()
 
@@ -350,7 +343,7 @@ async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurre
             while (batch := await _read_frame(reader)) is not None:
                 for msg in batch:
                     if msg[0] == _STOP:
-                        fetcher.stopping = True
+                        fetcher.stop()
                         continue
                     _, key, url, folder, stem, started = msg
                     row = sources.Row(key, url, {})  # the pipeline adds the extra columns back

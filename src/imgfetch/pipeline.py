@@ -118,10 +118,13 @@ class Run:
         if self._stopping:
             return
         self._stopping = True
-        for shard in self._shards:
-            shard.stop()
+        self._stop_shards()
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().call_later(grace, self._cancel_in_flight)
+
+    def _stop_shards(self) -> None:
+        for shard in self._shards:
+            shard.stop()
 
     def _cancel_in_flight(self) -> None:
         for task in list(self._tasks):
@@ -160,8 +163,7 @@ class Run:
             local = Fetcher(cfg, self.engine, self._sink, share[0], self._pool)
             self._shards = [local, *remote]
             if self._stopping:  # stopped while starting
-                for shard in self._shards:
-                    shard.stop()
+                self._stop_shards()
             flusher = asyncio.create_task(self._flush_periodically())
             async with self.engine:
                 await self._dispatch()
@@ -446,6 +448,8 @@ class Run:
             self.stop(grace=0.0)
             return
         except Exception as exc:  # a bug must cost one row, never the run
+            # Fetcher.outcome already turns its own errors into internal-error outcomes; this
+            # catches what happens around a loop process (a row that cannot be pickled, say).
             if self._stopping:
                 return
             log.exception("internal error on row %d", job.row.index)

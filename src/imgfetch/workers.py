@@ -48,7 +48,7 @@ _HEADER = struct.Struct("!QQ")
 #: (One hostile image kills one worker; it takes a long run of them to get here.)
 _MAX_FRUITLESS_RESTARTS = 10
 #: Socket buffers large enough for a typical image in one write.
-_BUFFER = 1 << 20
+BUFFER = 1 << 20
 
 
 class WorkerCrashed(RuntimeError):
@@ -67,7 +67,7 @@ def context() -> BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def socket_pair(buffer: int = _BUFFER) -> tuple[socket.socket, socket.socket]:
+def socket_pair(buffer: int = BUFFER) -> tuple[socket.socket, socket.socket]:
     """A connected Unix socket pair (parent's end, child's end) with ``buffer``-byte buffers."""
     parent, child = socket.socketpair()
     for end in (parent, child):
@@ -95,8 +95,18 @@ async def spawn(
         raise
     finally:
         child.close()
-    reader, writer = await asyncio.open_connection(sock=parent, limit=_BUFFER)
+    reader, writer = await asyncio.open_connection(sock=parent, limit=BUFFER)
     return proc, reader, writer
+
+
+async def reap(proc: BaseProcess, deadline: float) -> None:
+    """Wait (on the event loop) for ``proc`` to end until ``deadline`` (loop time); then kill it."""
+    loop = asyncio.get_running_loop()
+    while proc.is_alive() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    if proc.is_alive():
+        proc.kill()
+    proc.join(1.0)
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
@@ -286,11 +296,7 @@ class CpuPool(Generic[R]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for worker in workers:
-            while worker.proc.is_alive() and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            if worker.proc.is_alive():
-                worker.proc.kill()
-            worker.proc.join(1.0)
+            await reap(worker.proc, deadline)
             if worker.task is not None:
                 worker.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
