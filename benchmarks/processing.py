@@ -5,6 +5,7 @@
 1. Ceiling: every corpus image, held in memory, through ``imgfetch.images.process``
    (``--size 256``, fit, the same options ``imgfetch --size 256`` uses) in a
    process pool with one worker per core: images/s and CPU seconds per 1000 images.
+   The same function as ``imgfetch bench`` (``imgfetch.bench.processing_ceiling``).
    This is the physical limit for end-to-end ``imgfetch --size 256`` on this
    machine; ``imgfetch bench`` (workload W2) compares the end-to-end run with it.
 2. Quality: for every JPEG of the corpus, the fast path (DCT-domain ``draft``
@@ -16,14 +17,11 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import io
 import json
 import os
-import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,40 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpus
 from imgfetch import images
+from imgfetch.bench import processing_ceiling
 from imgfetch.config import ImageConfig
 
 
-def _cpu_seconds() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _process_many(blobs: list[bytes], cfg: ImageConfig) -> int:
-    ok = 0
-    for blob in blobs:
-        if isinstance(images.process(blob, cfg), images.Processed):
-            ok += 1
-    return ok
-
-
-def ceiling(blobs: list[bytes], cfg: ImageConfig, workers: int) -> dict[str, Any]:
-    """images/s of process() alone over in-memory bytes, on ``workers`` processes."""
-    chunks = [blobs[i :: workers * 4] for i in range(workers * 4)]
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_process_many, [blobs[:4]] * workers, [cfg] * workers))  # warm the workers up
-        cpu0, t0 = _cpu_seconds(), time.perf_counter()
-        ok = sum(pool.map(_process_many, chunks, [cfg] * len(chunks)))
-        wall = time.perf_counter() - t0
-    # Children's CPU is only counted once they are reaped, i.e. after the pool shut down.
-    cpu = _cpu_seconds() - cpu0
+def ceiling(folder: Path, names: list[str], size: int, workers: int) -> dict[str, Any]:
+    """images/s of process() alone over in-memory bytes on ``workers`` processes (as imgfetch bench)."""
+    r = processing_ceiling(folder, names, size, workers)
     return {
-        "images": len(blobs),
-        "processed": ok,
+        "images": r.urls,
+        "processed": r.valid,
         "workers": workers,
-        "seconds": round(wall, 3),
-        "images_per_s": round(len(blobs) / wall, 1),
-        "cpu_s_per_1000": round(cpu / len(blobs) * 1000, 2),
+        "seconds": round(r.wall_s, 3),
+        "images_per_s": round(r.images_per_s, 1),
+        "cpu_s_per_1000": round(r.cpu_per_1000, 2),
     }
 
 
@@ -108,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = corpus.build(folder, args.count, log=sys.stderr)
     print(corpus.describe(entries), file=sys.stderr)
     blobs = [(folder / e["name"]).read_bytes() for e in entries]
-    cfg = ImageConfig(size=(args.size, args.size), resize="fit")
     result = {
-        "ceiling": ceiling(blobs, cfg, args.workers),
+        "ceiling": ceiling(folder, [e["name"] for e in entries], args.size, args.workers),
         "quality": quality(blobs, args.size),
     }
     print(json.dumps(result, indent=2))

@@ -72,6 +72,71 @@ def test_table_compares_with_classic() -> None:
     assert "| classic | 100 | 10 | 1.0x | 20.00 | 40 | - | 100/100 |  |  |" in text
 
 
+def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(tmp_path: Path) -> None:
+    names = []
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg(i))
+        names.append(f"{i}.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    res = bench.processing_ceiling(tmp_path, [*names, *names, "bad.jpg"], 32, workers=2)
+    assert (res.urls, res.valid) == (7, 6)  # repeated names are processed each time; garbage is not counted
+    assert res.tool == "processing ceiling" and res.wall_s > 0
+    # The CPU is the workers' time inside images.process: far below a pool's start-up (imports alone ~0.1 s).
+    assert 0 < res.cpu_s < 0.05
+
+
+class _Probe:
+    def __init__(self, costs: list[float]) -> None:
+        self.costs = costs
+        self.folders: list[Path] = []
+
+    def __call__(self, folder: Path, count: int = 300) -> float:
+        assert folder not in self.folders  # each probe writes into a new folder
+        self.folders.append(folder)
+        return self.costs.pop(0)
+
+
+def _bench_for_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, costs: list[float]
+) -> tuple[bench.Bench, _Probe, list[str]]:
+    probe = _Probe(costs)
+    monkeypatch.setattr(bench, "file_create_cpu_us", probe)
+    monkeypatch.setattr(bench, "DISK_POLL_S", 0.0)
+    logged: list[str] = []
+    settings = bench.settings_from(bench.parse(["--quick", "--cache", str(tmp_path), "--out", str(tmp_path)]))
+    return bench.Bench(settings, logged.append), probe, logged
+
+
+def test_bench_waits_while_the_disk_is_in_its_slow_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, tmp_path, None)
+    b, probe, logged = _bench_for_disk(tmp_path, monkeypatch, [80.0])
+    b.await_disk(ctx)
+    assert len(probe.folders) == 1 and b.disk_waits == [] and logged == []  # healthy: one probe, no wait
+
+    b, probe, logged = _bench_for_disk(tmp_path, monkeypatch, [900.0, 600.0, 90.0])
+    b.await_disk(ctx)
+    assert len(probe.folders) == 3 and len(b.disk_waits) == 1
+    assert "slow state" in logged[0] and "recovered" in logged[-1]
+
+
+def test_bench_measures_anyway_after_waiting_long_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, tmp_path, None)
+    b, probe, logged = _bench_for_disk(tmp_path, monkeypatch, [900.0, 900.0])
+    monkeypatch.setattr(bench, "DISK_WAIT_S", 0.0)
+    b.await_disk(ctx)
+    assert len(probe.folders) == 1 and len(b.disk_waits) == 1
+    assert "still slow; measuring anyway" in logged[-1]
+
+
+def test_file_create_probe_writes_real_files(tmp_path: Path) -> None:
+    us = bench.file_create_cpu_us(tmp_path / "probe", count=20)
+    assert us > 0 and len(list((tmp_path / "probe").iterdir())) == 20
+
+
 _FORKER = """
 import os, sys, time
 block = bytearray(64 << 20)
