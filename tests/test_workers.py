@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -105,3 +107,17 @@ def test_workers_are_gone_after_close(workers: int) -> None:
     for pid in asyncio.run(main()):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_decode_worker_does_not_import_the_http_stack() -> None:
+    """A worker imports imgfetch.images and imgfetch.workers only: no aiohttp, no pipeline (~0.3 s each)."""
+    code = (
+        "import sys, imgfetch.images, imgfetch.workers;"
+        " print(sorted(m for m in ('aiohttp', 'imgfetch.pipeline') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # ... while the package's public API still works as before.
+    code = "import imgfetch as i; print(callable(i.download), callable(i.stream), callable(i.config))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True True True"
