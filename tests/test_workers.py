@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -121,3 +122,28 @@ def test_a_decode_worker_does_not_import_the_http_stack() -> None:
     code = "import imgfetch as i; print(callable(i.download), callable(i.stream), callable(i.config))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True True True"
+
+
+def test_recv_exact_reads_a_message_sent_in_pieces_and_sees_a_cut_stream() -> None:
+    import threading
+    import time
+
+    from imgfetch.workers import _recv_exact, socket_pair
+
+    payload = os.urandom(300_000)
+    a, b = socket_pair()
+    with a, b:
+
+        def send() -> None:
+            for i in range(0, len(payload), 70_000):
+                a.sendall(payload[i : i + 70_000])
+                time.sleep(0.01)
+            a.sendall(b"tail")
+            a.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert _recv_exact(b, len(payload)) == payload
+        assert _recv_exact(b, 0) == b""
+        assert _recv_exact(b, 10) is None  # 4 bytes, then the end of the stream
+        sender.join()
