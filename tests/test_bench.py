@@ -85,6 +85,13 @@ def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(t
     assert 0 < res.cpu_s < 0.05
 
 
+def test_the_ceiling_processes_with_the_options_of_imgfetch_size(tmp_path: Path) -> None:
+    from imgfetch import api, cli
+
+    args = cli.parser().parse_args([str(tmp_path / "list.txt"), "-o", str(tmp_path / "out"), "--size", "256"])
+    assert api.config(args.input, args.out, **cli.options(args)).image == bench.ceiling_config(256)
+
+
 class _Probe:
     def __init__(self, costs: list[float]) -> None:
         self.costs = costs

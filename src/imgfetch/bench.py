@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgfetch.config import HttpConfig
+from imgfetch.config import HttpConfig, ImageConfig
 from imgfetch.loops import MIN_PER_LOOP
 
 if TYPE_CHECKING:
@@ -565,12 +565,16 @@ def _worker_ready(_: int) -> int:
     return os.getpid()
 
 
+def ceiling_config(size: int) -> ImageConfig:
+    """The image options ``imgfetch --size N`` runs with (a test holds the two together)."""
+    return ImageConfig(size=(size, size), resize="fit")
+
+
 def _process_batch(names: list[str], size: int) -> tuple[int, float]:
     """Processed images and the CPU seconds ``images.process`` took over them."""
     from imgfetch import images
-    from imgfetch.config import ImageConfig
 
-    cfg = ImageConfig(size=(size, size), resize="fit")  # what ``imgfetch --size N`` uses
+    cfg = ceiling_config(size)
     started = time.process_time()
     done = sum(isinstance(images.process(_BODIES[n], cfg), images.Processed) for n in names)
     return done, time.process_time() - started
