@@ -66,7 +66,7 @@ DISK_RESERVE = 4 * 1024**3
 #: (ext4 without a journal) ~60-110 us per file normally, 400-1000 us for minutes after many
 #: files were deleted, because a new inode then skips every recently deleted one
 #: (``recently_deleted()`` in the kernel's inode allocator, seen with ``perf``).
-DISK_SLOW_US = 250.0
+DISK_SLOW_US = 150.0
 #: The longest the bench waits for the disk to leave its slow state before measuring anyway.
 DISK_WAIT_S = 600.0
 DISK_POLL_S = 20.0
