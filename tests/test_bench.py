@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -110,7 +111,7 @@ def _bench_for_disk(
     monkeypatch.setattr(bench, "file_create_cpu_us", probe)
     monkeypatch.setattr(bench, "DISK_POLL_S", 0.0)
     logged: list[str] = []
-    settings = bench.settings_from(bench.parse(["--quick", "--cache", str(tmp_path), "--out", str(tmp_path)]))
+    settings = bench.settings_from(bench.parse(["--cache", str(tmp_path), "--out", str(tmp_path)]))
     return bench.Bench(settings, logged.append), probe, logged
 
 
@@ -133,10 +134,16 @@ def test_bench_measures_anyway_after_waiting_long_enough(
 ) -> None:
     ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, tmp_path, None)
     b, probe, logged = _bench_for_disk(tmp_path, monkeypatch, [900.0, 900.0])
-    monkeypatch.setattr(bench, "DISK_WAIT_S", 0.0)
+    b.s = dataclasses.replace(b.s, disk_wait=0.0)
     b.await_disk(ctx)
     assert len(probe.folders) == 1 and len(b.disk_waits) == 1
     assert "still slow; measuring anyway" in logged[-1]
+
+
+def test_quick_bench_never_waits_for_the_disk_unless_asked() -> None:
+    assert bench.settings_from(bench.parse(["--quick"])).disk_wait == 0
+    assert bench.settings_from(bench.parse([])).disk_wait == bench.DISK_WAIT_S
+    assert bench.settings_from(bench.parse(["--quick", "--disk-wait", "30"])).disk_wait == 30
 
 
 def test_file_create_probe_writes_real_files(tmp_path: Path) -> None:
