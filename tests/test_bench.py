@@ -73,7 +73,12 @@ def test_table_compares_with_classic() -> None:
     assert "| classic | 100 | 10 | 1.0x | 20.00 | 40 | - | 100/100 |  |  |" in text
 
 
-def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["shared-by-fork", "read-by-each-worker"])
+def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
+) -> None:
+    if not fork:  # as where processes cannot fork: each worker's initializer reads the bytes
+        monkeypatch.setattr(bench.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     names = []
     for i in range(3):
         (tmp_path / f"{i}.jpg").write_bytes(jpeg(i))
@@ -84,6 +89,7 @@ def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(t
     assert res.tool == "processing ceiling" and res.wall_s > 0
     # The CPU is the workers' time inside images.process: far below a pool's start-up (imports alone ~0.1 s).
     assert 0 < res.cpu_s < 0.05
+    assert bench._BODIES == {}  # the parent lets go of the corpus
 
 
 def test_the_ceiling_processes_with_the_options_of_imgfetch_size(tmp_path: Path) -> None:
