@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
 ) -> None:
     if not fork:  # as where processes cannot fork: each worker's initializer reads the bytes
-        monkeypatch.setattr(bench.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     names = []
     for i in range(3):
         (tmp_path / f"{i}.jpg").write_bytes(jpeg(i))
