@@ -553,7 +553,8 @@ def ensure_img2dataset(cache: Path, log: Callable[[str], None]) -> Path:
 
 
 # ---- the processing ceiling ---------------------------------------------------
-#: A ceiling worker's corpus: read into memory by the pool's initializer, before the clock starts.
+#: The ceiling's corpus in memory, read before the clock starts: here before forking, or by
+#: each worker's initializer where processes cannot fork.
 _BODIES: dict[str, bytes] = {}
 
 
