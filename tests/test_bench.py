@@ -74,6 +74,44 @@ def test_table_compares_with_classic() -> None:
     assert "| classic | 100 | 10 | 1.0x | 20.00 | 40 | - | 100/100 |  |  |" in text
 
 
+def _run(tool: str, per_s: float, rep: int, workload: str = "W2") -> bench.Result:
+    return bench.Result(workload, tool, 100, 100 / per_s, 1.0, 50.0, 100, 100, 0, rep=rep)
+
+
+def test_ratios_pair_the_best_runs_and_each_repetitions_runs() -> None:
+    runs = [
+        _run("imgfetch-async", 100, 0),
+        _run("img2dataset", 50, 0),
+        _run(bench.CEILING, 110, 0),
+        _run("imgfetch-async", 80, 1),
+        _run("img2dataset", 50, 1),
+        _run(bench.CEILING, 100, 1),
+        _run("imgfetch-threads", 90, 1),  # another engine: compared in the table, not here
+        bench.Result("W2", "curl", 100, 1.0, 1.0, 1.0, 0, 0, 7),  # no valid image: no ratio
+    ]
+    found = {(r.tool, r.against): r for r in bench.ratios(runs)}
+    assert set(found) == {
+        ("imgfetch-async", "img2dataset"),
+        ("imgfetch-async", bench.CEILING),
+        ("imgfetch-threads", "img2dataset"),
+        ("imgfetch-threads", bench.CEILING),
+    }
+    peer = found["imgfetch-async", "img2dataset"]
+    assert peer.best == pytest.approx(2.0)
+    assert peer.same_repetition == pytest.approx((2.0, 1.6))
+    assert peer.median == pytest.approx(1.8)
+    ceiling = found["imgfetch-async", bench.CEILING]
+    assert ceiling.best == pytest.approx(100 / 110)
+    assert ceiling.same_repetition == pytest.approx((100 / 110, 0.8))
+    # a tool that ran in one repetition only is paired with that repetition alone
+    assert found["imgfetch-threads", bench.CEILING].same_repetition == pytest.approx((0.9,))
+    assert bench.ratio_lines([ceiling]) == [
+        "imgfetch-async vs processing ceiling: 90.9 % best vs best; same repetition: median 85.5 %"
+        " (90.9 % / 80.0 %)"
+    ]
+    assert "| imgfetch-async | img2dataset | 2.00x | 1.80x | 2.00x / 1.60x |" in bench.ratio_table([peer])
+
+
 @pytest.mark.parametrize("fork", [True, False], ids=["shared-by-fork", "read-by-each-worker"])
 def test_processing_ceiling_processes_in_memory_bytes_and_counts_only_that_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
@@ -223,6 +261,14 @@ def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
         assert row["server_requests"] == 80
         assert row["server_cpu_s"] is not None
     assert rows[("W2", "processing ceiling")]["valid"] == 80
-    assert "## W1 download only" in (out / "results.md").read_text()
+    pairs = {(r["workload"], r["tool"], r["against"]) for r in report["ratios"]}
+    assert pairs == {
+        ("W1", "imgfetch-async", "classic"),
+        ("W2", "imgfetch-async", "classic"),
+        ("W2", "imgfetch-async", "processing ceiling"),
+    }
+    md = (out / "results.md").read_text()
+    assert "## W1 download only" in md
+    assert "| imgfetch-async | classic |" in md and "| imgfetch-async | processing ceiling |" in md
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None
     assert (out / "chart.png").is_file() == has_matplotlib

@@ -42,6 +42,7 @@ import resource
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,8 @@ DISK_SLOW_US = 150.0
 #: The longest the bench waits for the disk to leave its slow state before measuring anyway.
 DISK_WAIT_S = 600.0
 DISK_POLL_S = 20.0
+#: The ceiling's name as a tool in the results (W2's target is a ratio to it).
+CEILING = "processing ceiling"
 
 
 # ---- settings ------------------------------------------------------------
@@ -126,6 +129,8 @@ class Result:
     runs: list[float] = dataclasses.field(default_factory=list)
     #: Peak proportional set size of the tree (shared pages split between the processes sharing them).
     peak_pss_mb: float | None = None
+    #: The round-robin repetition this run belongs to (0-based): ratios pair runs of the same one.
+    rep: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -619,7 +624,7 @@ def processing_ceiling(folder: Path, names: Sequence[str], size: int, workers: i
         _reap_strays(keep)
     done = sum(r[0] for r in results)
     cpu = sum(r[1] for r in results)
-    return Result("W2", "processing ceiling", len(names), wall, cpu, 0.0, len(names), done, 0, note="no I/O")
+    return Result("W2", CEILING, len(names), wall, cpu, 0.0, len(names), done, 0, note="no I/O")
 
 
 # ---- running ---------------------------------------------------------------
@@ -629,6 +634,70 @@ def best(runs: Sequence[Result]) -> Result:
     if len(runs) > 1:
         top.runs = [round(r.images_per_s, 1) for r in runs]
     return top
+
+
+@dataclasses.dataclass(frozen=True)
+class Ratio:
+    """An imgfetch tool's images/s over another tool's (a peer, or the processing ceiling)."""
+
+    workload: str
+    tool: str
+    against: str
+    #: the best run of each (what the table shows).
+    best: float
+    #: run against run within each repetition both ran in, in order; the VM's speed drifts
+    #: during a bench, so these pair runs made under the same conditions.
+    same_repetition: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.same_repetition) if self.same_repetition else self.best
+
+    def text(self, value: float) -> str:
+        return f"{100 * value:.1f} %" if self.against == CEILING else f"{value:.2f}x"
+
+
+def ratios(runs: Sequence[Result]) -> list[Ratio]:
+    """Every imgfetch tool against every other tool among one workload's ``runs`` (the targets
+    are ratios).  Another imgfetch engine is not a peer: the table compares the engines.
+    """
+    by_tool: dict[str, list[Result]] = {}
+    for r in runs:
+        if r.images_per_s > 0:
+            by_tool.setdefault(r.tool, []).append(r)
+    out = []
+    for tool, mine in by_tool.items():
+        if not tool.startswith("imgfetch"):
+            continue
+        for other, theirs in by_tool.items():
+            if other.startswith("imgfetch"):
+                continue
+            reps = {r.rep: r for r in theirs}
+            same = tuple(m.images_per_s / reps[m.rep].images_per_s for m in mine if m.rep in reps)
+            top = max(m.images_per_s for m in mine) / max(t.images_per_s for t in theirs)
+            out.append(Ratio(mine[0].workload, tool, other, top, same))
+    return out
+
+
+def ratio_lines(found: Sequence[Ratio]) -> list[str]:
+    return [
+        f"{r.tool} vs {r.against}: {r.text(r.best)} best vs best; same repetition: median {r.text(r.median)}"
+        f" ({' / '.join(r.text(v) for v in r.same_repetition)})"
+        for r in found
+    ]
+
+
+def ratio_table(found: Sequence[Ratio]) -> str:
+    lines = [
+        "| imgfetch | against | best vs best | same repetition: median | each repetition |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.tool} | {r.against} | {r.text(r.best)} | {r.text(r.median)}"
+        f" | {' / '.join(r.text(v) for v in r.same_repetition)} |"
+        for r in found
+    ]
+    return "\n".join(lines)
 
 
 class Bench:
@@ -641,6 +710,7 @@ class Bench:
         self.results: list[Result] = []
         #: Every run of every tool, in the order run (``results`` keeps each tool's best).
         self.runs: list[Result] = []
+        self.ratios: list[Ratio] = []
         self.scaling: dict[str, list[dict[str, Any]]] = {}
         self._last_stats: dict[str, Any] = {}
         self._spent: list[Path] = []
@@ -764,13 +834,19 @@ class Bench:
                     for tool in tools:
                         res = self.run_tool(ctx, tool, wl, s.urls, pool)
                         if res is not None:
+                            res.rep = rep
                             runs.setdefault(tool.name, []).append(res)
                     if wl.size is not None:
                         ceiling = processing_ceiling(self.corpus_dir, names, wl.size)
+                        ceiling.rep = rep
                         self.log(f"  processing ceiling: {ceiling.images_per_s:.0f} images/s")
                         runs.setdefault(ceiling.tool, []).append(ceiling)
                         self.runs.append(ceiling)
                 self.results += [best(r) for r in runs.values()]
+                found = ratios([r for rs in runs.values() for r in rs])
+                self.ratios += found
+                for line in ratio_lines(found):
+                    self.log(f"  {line}")
             if s.scaling:
                 self.run_scaling(ctx, pool)
             self._probe_disk(ctx, "end")
@@ -894,7 +970,7 @@ def table(results: Sequence[Result], workload: str) -> str:
     return "\n".join(lines)
 
 
-def markdown(report: dict[str, Any], results: Sequence[Result]) -> str:
+def markdown(report: dict[str, Any], results: Sequence[Result], found: Sequence[Ratio] = ()) -> str:
     m = report["machine"]
     parts = [
         "# imgfetch bench",
@@ -924,6 +1000,14 @@ def markdown(report: dict[str, Any], results: Sequence[Result]) -> str:
         t = table(results, wl)
         if t:
             parts += ["", f"## {title}", "", t]
+            mine = [r for r in found if r.workload == wl]
+            if mine:
+                parts += [
+                    "",
+                    "Ratios of images/s: the best run of each, and run against run within each repetition.",
+                    "",
+                    ratio_table(mine),
+                ]
     for key, label in (
         ("latency", "latency_s"),
         ("concurrency", "concurrency"),
@@ -965,9 +1049,10 @@ def write_reports(bench: Bench, command: str) -> dict[str, Any]:
         "results": [r.to_dict() for r in bench.results],
         "runs": [r.to_dict() for r in bench.runs],
         "scaling": bench.scaling,
+        "ratios": [{**dataclasses.asdict(r), "median": r.median} for r in bench.ratios],
     }
     (s.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (s.out / "results.md").write_text(markdown(report, bench.results))
+    (s.out / "results.md").write_text(markdown(report, bench.results, bench.ratios))
     return report
 
 
