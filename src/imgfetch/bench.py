@@ -656,6 +656,9 @@ class Ratio:
     def text(self, value: float) -> str:
         return f"{100 * value:.1f} %" if self.against == CEILING else f"{value:.2f}x"
 
+    def each(self) -> str:
+        return " / ".join(self.text(v) for v in self.same_repetition)
+
 
 def ratios(runs: Sequence[Result]) -> list[Ratio]:
     """Every imgfetch tool against every other tool among one workload's ``runs`` (the targets
@@ -682,7 +685,7 @@ def ratios(runs: Sequence[Result]) -> list[Ratio]:
 def ratio_lines(found: Sequence[Ratio]) -> list[str]:
     return [
         f"{r.tool} vs {r.against}: {r.text(r.best)} best vs best; same repetition: median {r.text(r.median)}"
-        f" ({' / '.join(r.text(v) for v in r.same_repetition)})"
+        f" ({r.each()})"
         for r in found
     ]
 
@@ -693,9 +696,7 @@ def ratio_table(found: Sequence[Ratio]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r.tool} | {r.against} | {r.text(r.best)} | {r.text(r.median)}"
-        f" | {' / '.join(r.text(v) for v in r.same_repetition)} |"
-        for r in found
+        f"| {r.tool} | {r.against} | {r.text(r.best)} | {r.text(r.median)} | {r.each()} |" for r in found
     ]
     return "\n".join(lines)
 
