@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
+from imgfetch.bench import CEILING
+
 #: Mean of a log-normal with the server's default spread (sigma 0.5) relative to its median.
 LOGNORMAL_MEAN = math.exp(0.5**2 / 2)
 COLOURS = {"imgfetch": "#1f77b4", "ceiling": "#2ca02c", "peer": "#888888"}
@@ -29,7 +31,7 @@ COLOURS = {"imgfetch": "#1f77b4", "ceiling": "#2ca02c", "peer": "#888888"}
 def _colour(tool: str) -> str:
     if tool.startswith("imgfetch"):
         return COLOURS["imgfetch"]
-    return COLOURS["ceiling"] if tool == "processing ceiling" else COLOURS["peer"]
+    return COLOURS["ceiling"] if tool == CEILING else COLOURS["peer"]
 
 
 def _bars(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
@@ -38,8 +40,8 @@ def _bars(ax: Any, rows: list[dict[str, Any]], title: str) -> None:
         ax.set_title(title)
         ax.text(0.5, 0.5, "not in this report", ha="center", va="center", transform=ax.transAxes)
         return
-    tools = [r for r in rows if r["tool"] != "processing ceiling"]
-    ceiling = next((r for r in rows if r["tool"] == "processing ceiling"), None)
+    tools = [r for r in rows if r["tool"] != CEILING]
+    ceiling = next((r for r in rows if r["tool"] == CEILING), None)
     names = [r["tool"] for r in tools][::-1]
     values = [r["images_per_s"] for r in tools][::-1]
     ax.barh(names, values, color=[_colour(n) for n in names])
