@@ -651,6 +651,7 @@ class Ratio:
 
     @property
     def median(self) -> float:
+        """Of the same-repetition ratios; the best-against-best one if no repetition has both tools."""
         return statistics.median(self.same_repetition) if self.same_repetition else self.best
 
     def text(self, value: float) -> str:
