@@ -25,8 +25,9 @@ import pytest
 import imgfetch
 from imgfetch.demo import sample_images
 from imgfetch.naming import EXTENSIONS, is_safe_name
+from imgfetch.records.manifest import read_manifest
 from imgfetch.server import ImageServer
-from imgfetch.sinks import TEMP_PREFIX, read_manifest
+from imgfetch.sinks.files import TEMP_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

@@ -13,7 +13,7 @@ import pytest
 
 import imgfetch
 from conftest import check_output, key_fields, snapshot
-from imgfetch.sinks import read_manifest
+from imgfetch.records.manifest import read_manifest
 
 if TYPE_CHECKING:
     from imgfetch.server import ImageServer

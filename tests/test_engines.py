@@ -19,9 +19,9 @@ import imgfetch
 from fwdproxy import ForwardProxy
 from imgfetch.config import HttpConfig
 from imgfetch.demo import sample_images
-from imgfetch.engines import ENGINES, LoopEngine, ProcessesEngine, ThreadsEngine, make_engine
 from imgfetch.errors import EngineUnavailable
 from imgfetch.fetch.aio import AioClient
+from imgfetch.fetch.engines import ENGINES, LoopEngine, ProcessesEngine, ThreadsEngine, make_engine
 from imgfetch.fetch.sync import SyncClient
 from imgfetch.naming import EXTENSIONS
 from imgfetch.server import ImageServer

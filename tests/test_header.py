@@ -33,18 +33,18 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 import imagegen as gen
-from imgfetch import headers
 from imgfetch.config import ImageConfig
 from imgfetch.demo import sample_images
-from imgfetch.headers import _PNG_MODES, header_size
 from imgfetch.images import (
     SUPPORTED,
     ImageInfo,
     Rejected,
     _check_pillow,
     check,
+    headers,
     sniff,
 )
+from imgfetch.images.headers import _PNG_MODES, header_size
 from imgfetch.outcome import Reason
 
 CORPUS = Path.home() / ".cache" / "imgfetch" / "bench" / "corpus-seed0"

@@ -54,8 +54,9 @@ from imgfetch.config import DEFAULT_USER_AGENT, PROJECT_URL, HttpConfig
 from imgfetch.fetch.common import is_blocked_address
 from imgfetch.fetch.hosts import HostGate, HostTable
 from imgfetch.naming import is_safe_name
+from imgfetch.records.manifest import read_manifest
 from imgfetch.server import ImageServer
-from imgfetch.sinks import TEMP_SUFFIX, read_manifest
+from imgfetch.sinks.files import TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence

@@ -22,9 +22,10 @@ import pytest
 
 import imgfetch
 from conftest import FAST, fetch
-from imgfetch import api, loops
+from imgfetch import api
 from imgfetch.config import HttpConfig, build
 from imgfetch.errors import ConfigError
+from imgfetch.runners import loops
 from imgfetch.server import ImageServer, Latency
 from test_resume import (
     CLI_BASE,
@@ -137,7 +138,7 @@ def test_auto_uses_one_loop_where_loops_are_not_nearly_free() -> None:
 @linux_only
 def test_auto_in_a_plain_process_uses_a_loop_per_core() -> None:
     code = (
-        "from imgfetch import loops\n"
+        "from imgfetch.runners import loops\n"
         "from imgfetch.config import build\n"
         "print(loops.count(build('l.txt')), loops.count(build('l.txt', concurrency=16)),"
         " loops.count(build('l.txt', size=64)), loops.count(build('l.txt', engine='threads')))"

@@ -28,12 +28,13 @@ from yarl import URL
 
 import imagegen
 import imgfetch
-from imgfetch import ledger as ledgers
 from imgfetch.config import Naming
 from imgfetch.errors import OutputError, ResumeConflict
 from imgfetch.naming import Namer
+from imgfetch.records import ledger as ledgers
+from imgfetch.records.manifest import read_manifest
 from imgfetch.server import ImageServer, Latency
-from imgfetch.sinks import TEMP_PREFIX, TEMP_SUFFIX, read_manifest
+from imgfetch.sinks.files import TEMP_PREFIX, TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

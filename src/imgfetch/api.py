@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from imgfetch import pipeline, sources
 from imgfetch.config import RunConfig, build
-from imgfetch.engines import make_engine
 from imgfetch.errors import ConfigError, ImgfetchError
+from imgfetch.fetch.engines import make_engine
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

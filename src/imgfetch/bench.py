@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgfetch.config import HttpConfig, ImageConfig
-from imgfetch.loops import MIN_PER_LOOP
+from imgfetch.runners.loops import MIN_PER_LOOP
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

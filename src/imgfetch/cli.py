@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, NoReturn
 from imgfetch import api
 from imgfetch._version import __version__
 from imgfetch.config import DEFAULT_MAX_PIXELS, DEFAULT_USER_AGENT
-from imgfetch.engines import ENGINES
 from imgfetch.errors import ImgfetchError
+from imgfetch.fetch.engines import ENGINES
 from imgfetch.report import Progress, format_summary
 
 if TYPE_CHECKING:

@@ -34,16 +34,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from imgfetch import images, loops, naming, sources
-from imgfetch import ledger as ledgers
+from imgfetch import images, naming, sources
 from imgfetch._version import __version__
 from imgfetch.errors import ConfigError, OutputError, ResumeConflict
 from imgfetch.fetch.common import Fault, parse_url
 from imgfetch.fetch.policy import is_retryable
-from imgfetch.job import FATAL, Engine, Fetcher, Job, failed
-from imgfetch.ledger import Entry, Fingerprint, Ledger
 from imgfetch.outcome import Outcome, Reason, Status, Summary
-from imgfetch.sinks import FileSink, read_manifest
+from imgfetch.records import ledger as ledgers
+from imgfetch.records.ledger import Entry, Fingerprint, Ledger
+from imgfetch.records.manifest import read_manifest
+from imgfetch.runners import loops
+from imgfetch.runners.local import FATAL, Engine, Fetcher, Job, failed
+from imgfetch.sinks.files import FileSink
 from imgfetch.workers import CpuPool
 
 if TYPE_CHECKING:

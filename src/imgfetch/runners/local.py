@@ -20,7 +20,7 @@ from imgfetch.errors import OutputError
 from imgfetch.fetch.hosts import HostTable
 from imgfetch.fetch.policy import backoff_delay, is_retryable
 from imgfetch.outcome import Outcome, Reason, Status, status_for
-from imgfetch.sinks import FATAL_ERRNOS, FileSink
+from imgfetch.sinks.files import FATAL_ERRNOS, FileSink
 from imgfetch.workers import CpuPool, PoolBroken, WorkerCrashed
 
 if TYPE_CHECKING:

@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING, Any
 from yarl import URL
 
 from imgfetch import sources
-from imgfetch.engines import make_engine
 from imgfetch.errors import OutputError
-from imgfetch.job import FATAL, Fetcher, Job
+from imgfetch.fetch.engines import make_engine
 from imgfetch.outcome import Outcome, Status
-from imgfetch.sinks import FileSink
+from imgfetch.runners.local import FATAL, Fetcher, Job
+from imgfetch.sinks.files import FileSink
 from imgfetch.workers import BUFFER, PoolBroken, reap, spawn
 from imgfetch.workers import context as spawn_context
 

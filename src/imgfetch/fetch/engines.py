@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from imgfetch.config import HttpConfig
     from imgfetch.fetch.common import Fetched
     from imgfetch.fetch.sync import SyncClient
-    from imgfetch.job import Engine
+    from imgfetch.runners.local import Engine
 
 #: How long a worker process gets to finish its attempts in flight when the engine closes.
 _STOP_GRACE = 5.0

@@ -15,7 +15,7 @@ Decisions worth knowing:
 * ``format="keep"`` keeps JPEG, PNG and WEBP; every other source format (GIF,
   BMP, TIFF, AVIF, HEIF) is written as PNG, first frame only.
 * :func:`check` reads JPEG, PNG and WebP sizes with a small built-in header
-  parser (:func:`imgfetch.headers.header_size`): it is the fast path, ``Image.open`` (whose WebP
+  parser (:func:`imgfetch.images.headers.header_size`): it is the fast path, ``Image.open`` (whose WebP
   opener alone builds a whole animation decoder) the fallback and the
   authority.  The parser mirrors the checks Pillow's opener makes that could
   fail and answers ``None`` whenever it is not sure; then, and for every other
@@ -50,7 +50,7 @@ from PIL import (
     features,
 )
 
-from imgfetch.headers import PNG_MAGIC, header_size
+from imgfetch.images.headers import PNG_MAGIC, header_size
 from imgfetch.outcome import Reason
 
 if TYPE_CHECKING:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import json
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imgfetch.errors import OutputError
 
@@ -122,15 +121,3 @@ class FileSink:
             except FileNotFoundError:
                 pass
         return count
-
-
-def read_manifest(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a manifest; a last line cut short by a crash is ignored."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue

@@ -1,0 +1,1 @@
+"""What a run remembers and reports per row: the resume ledger (SQLite) and the manifest."""
