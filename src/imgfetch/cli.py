@@ -194,6 +194,32 @@ def parser() -> argparse.ArgumentParser:
         "--folder-size", type=int, default=10_000, help="images per sub-folder, 0 for none (default: 10000)"
     )
     g.add_argument("--folder-index", type=int, default=0, help="number of the first sub-folder (default: 0)")
+    g.add_argument(
+        "--output-format",
+        choices=["files", "webdataset", "parquet"],
+        default="files",
+        help="files (default: numbered folders), webdataset (.tar shards) or parquet (shards with the"
+        " image bytes in a column)",
+    )
+    g.add_argument(
+        "--shard-size", type=int, default=10_000, help="rows per shard of the shard formats (default: 10000)"
+    )
+    g.add_argument(
+        "--key",
+        choices=["index", "name"],
+        default="index",
+        help="sample keys of the shard formats: index (default: shard then row, 000010005) or name (--name,"
+        " without dots)",
+    )
+    g.add_argument("--caption-col", metavar="NAME", help="input column written as each caption (.txt)")
+    g.add_argument(
+        "--write-metadata", action="store_true", help="files format: write NAME.json beside each image"
+    )
+    g.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the resume ledger, lock and shards being built live (default: OUT/.imgfetch)",
+    )
 
     g = ap.add_argument_group("run")
     g.add_argument("--overwrite", action="store_true", help="start afresh, forgetting an earlier run in OUT")
@@ -249,6 +275,12 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "name": args.name,
         "folder_size": args.folder_size,
         "folder_index": args.folder_index,
+        "output_format": args.output_format,
+        "shard_size": args.shard_size,
+        "key": args.key,
+        "caption_col": args.caption_col,
+        "write_metadata": args.write_metadata,
+        "state_dir": args.state_dir,
         "overwrite": args.overwrite,
         "retry_failed": args.retry_failed or args.retry_all_failed,
         "retry_all_failed": args.retry_all_failed,

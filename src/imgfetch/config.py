@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from imgfetch._version import __version__
 
@@ -17,6 +17,8 @@ OutputFormat = Literal["keep", "jpeg", "png", "webp"]
 NamingKind = Literal["url", "index", "hash", "column", "random"]
 EngineName = Literal["async", "threads", "processes", "loop"]
 InputFormat = Literal["txt", "csv", "tsv", "parquet", "jsonl"]
+SinkFormat = Literal["files", "webdataset", "parquet"]
+KeyKind = Literal["index", "name"]
 
 PROJECT_URL = "https://github.com/imgfetch/imgfetch"
 DEFAULT_USER_AGENT = f"imgfetch/{__version__} (+{PROJECT_URL})"
@@ -142,6 +144,12 @@ class OutputConfig:
     10,000 keeps a 100-image list in one folder and gives a 10-million-image
     list 1,000 folders of a size every file system and file browser handles.
     ``folder_size=0`` writes every file directly into ``out``.
+
+    ``format`` ``webdataset`` or ``parquet`` writes shards instead: shard ``k``
+    holds rows ``[k*shard_size, (k+1)*shard_size)``, each sample keyed by shard
+    and index (``key="index"``, img2dataset's 9-digit keys) or by its name
+    (``key="name"``, from ``naming``, made dotless).  ``state_dir`` holds the
+    ledger, the lock and the shards being built (default ``out/.imgfetch``).
     """
 
     out: Path
@@ -149,12 +157,39 @@ class OutputConfig:
     folder_size: int = 10_000
     folder_index: int = 0
     manifest: str = "manifest.jsonl"
+    format: SinkFormat = "files"
+    shard_size: int = 10_000
+    key: KeyKind = "index"
+    caption_col: str | None = None
+    write_metadata: bool = False
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.folder_size < 0:
             raise ValueError("folder_size must be >= 0")
         if self.folder_index < 0:
             raise ValueError("folder_index must be >= 0")
+        if self.format not in get_args(SinkFormat):
+            raise ValueError(f"unknown output format {self.format!r}: use files, webdataset or parquet")
+        if self.shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        if self.key not in get_args(KeyKind):
+            raise ValueError(f"unknown key {self.key!r}: use index or name")
+        if self.write_metadata and self.sharded:
+            raise ValueError(
+                "--write-metadata is for --output-format files: every sample of a shard carries its JSON"
+            )
+        if self.key == "name" and self.naming.kind == "random":
+            raise ValueError("--key name needs names that are the same on every run: not --name random")
+
+    @property
+    def state(self) -> Path:
+        """The state folder: ledger, lock and staging."""
+        return self.state_dir if self.state_dir is not None else self.out / ".imgfetch"
+
+    @property
+    def sharded(self) -> bool:
+        return self.format != "files"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -215,6 +250,14 @@ _RUN_FIELDS = {
 }
 
 
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(str(value))
+
+
 def parse_size(value: int | str | tuple[int, int]) -> tuple[int, int]:
     """``256`` -> (256, 256); ``"640x480"`` -> (640, 480)."""
     if isinstance(value, tuple):
@@ -256,6 +299,12 @@ def build(source: str | Path, out: str | Path | None = None, **options: object) 
         naming=naming if isinstance(naming, Naming) else Naming.parse(str(naming)),
         folder_size=int(opts.pop("folder_size", 10_000)),  # type: ignore[call-overload]
         folder_index=int(opts.pop("folder_index", 0)),  # type: ignore[call-overload]
+        format=opts.pop("output_format", "files"),  # type: ignore[arg-type]
+        shard_size=int(opts.pop("shard_size", 10_000)),  # type: ignore[call-overload]
+        key=opts.pop("key", "index"),  # type: ignore[arg-type]
+        caption_col=_optional_str(opts.pop("caption_col", None)),
+        write_metadata=bool(opts.pop("write_metadata", False)),
+        state_dir=_optional_path(opts.pop("state_dir", None)),
     )
     http_kw = {k: opts.pop(k) for k in list(opts) if k in _HTTP_FIELDS}
     if "headers" in http_kw and isinstance(http_kw["headers"], dict):

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import builtins
     from collections.abc import Mapping
 
 
@@ -95,6 +96,15 @@ class Outcome:
     path: str | None = None
     final_url: str | None = None
     elapsed: float = 0.0
+    #: Shard formats: the sample's key, the shard file that holds it (``00000.tar``), and
+    #: (webdataset) where the image's bytes are in that tar.
+    key: str | None = None
+    shard: str | None = None
+    offset: int | None = None
+    size: int | None = None
+    #: The saved bytes, on their way from the fetcher to a shard sink (``None`` once stored,
+    #: and always for the files format); never part of the record.
+    payload: builtins.bytes | None = dataclasses.field(default=None, repr=False, compare=False)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -124,13 +134,15 @@ class Outcome:
             "final_url": self.final_url,
             "elapsed": round(self.elapsed, 4),
         }
+        if self.shard is not None:
+            rec.update(key=self.key, shard=self.shard, offset=self.offset, size=self.size)
         if self.extra:
             rec["extra"] = dict(self.extra)
         return rec
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Outcome:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"payload"}
         kwargs = {k: v for k, v in rec.items() if k in names}
         kwargs["status"] = Status(rec["status"])
         kwargs["extra"] = dict(rec.get("extra") or {})

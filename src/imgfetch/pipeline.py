@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from imgfetch import images, naming, sources
 from imgfetch._version import __version__
+from imgfetch.config import Naming
 from imgfetch.errors import ConfigError, OutputError, ResumeConflict
 from imgfetch.fetch.common import Fault, parse_url
 from imgfetch.fetch.policy import is_retryable
@@ -45,13 +46,15 @@ from imgfetch.records.ledger import Entry, Fingerprint, Ledger
 from imgfetch.records.manifest import read_manifest
 from imgfetch.runners import loops
 from imgfetch.runners.local import FATAL, Engine, Fetcher, Job, failed
-from imgfetch.sinks.files import FileSink
+from imgfetch.sinks import make_sink
+from imgfetch.sinks.files import FATAL_ERRNOS, FileSink, root_layout
 from imgfetch.workers import CpuPool
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
     from imgfetch.config import RunConfig
+    from imgfetch.sinks.base import Placed, Sink
 
 log = logging.getLogger("imgfetch")
 
@@ -90,7 +93,12 @@ class Run:
         self._rows = rows
         self.on_outcome = on_outcome
         self._stopping = False
-        self._sink: FileSink | None = None
+        self._sink: Sink | None = None
+        #: Shards that are complete and wait for their commit, and the task committing them.
+        self._to_commit: list[int] = []
+        self._committer: asyncio.Task[None] | None = None
+        #: True once the reader has read the whole input (not stopped, not failed).
+        self._read_all = False
         self._ledger: Ledger | None = None
         self._batch: list[Entry] = []
         self._resuming = False
@@ -104,7 +112,15 @@ class Run:
         self._tasks: set[asyncio.Task[None]] = set()
         self._concurrency = min(cfg.http.concurrency, engine.max_in_flight)
         self._window = max(256, self._concurrency * 4)
-        self._namer = naming.Namer(cfg.output.naming, cfg.output.folder_size, cfg.output.folder_index)
+        out = cfg.output
+        if out.sharded:
+            # Names are claimed per shard; with index keys they are not used at all.
+            names = out.naming if out.key == "name" else Naming(kind="index")
+            self._group = out.shard_size
+            self._namer = naming.Namer(names, out.shard_size, 0)
+        else:
+            self._group = out.folder_size
+            self._namer = naming.Namer(out.naming, out.folder_size, out.folder_index)
         # Bodies waiting for the pool are bounded by the pool (workers x QUEUED); the
         # reader stops when the window is full.
         self._workers = cfg.workers or os.cpu_count() or 1
@@ -148,7 +164,8 @@ class Run:
     async def execute(self) -> Summary:
         cfg = self.cfg
         started = time.monotonic()
-        self._sink = FileSink(cfg.output.out)
+        self._sink = make_sink(cfg, cfg.output.out, cfg.output.state)
+        root = self._sink.root
         count = loops.count(cfg)
         parts = loops.weights(count)
         share = loops.shares(self._concurrency, parts)
@@ -158,18 +175,27 @@ class Run:
         try:
             # Loop processes are forked first, before this process holds the folder lock and
             # an SQLite connection, so that neither is ever inherited.
-            remote = await loops.start_all(cfg, self._sink.root, share[1:]) if count > 1 else []
-            self._ledger = self._open_ledger(self._sink.root)
+            remote = await loops.start_all(cfg, root, share[1:]) if count > 1 else []
+            self._ledger = self._open_ledger(root)
             if cfg.image.decodes:
                 self._pool = await CpuPool(images.process, cfg.image, self._workers).__aenter__()
-            local = Fetcher(cfg, self.engine, self._sink, share[0], self._pool)
+            files = None if self._sink.keeps_bytes else FileSink(root)
+            local = Fetcher(cfg, self.engine, files, share[0], self._pool)
             self._shards = [local, *remote]
             if self._stopping:  # stopped while starting
                 self._stop_shards()
             flusher = asyncio.create_task(self._flush_periodically())
             async with self.engine:
                 await self._dispatch()
+            if self._read_all and not self._stopping and self._fatal is None:
+                self._schedule(self._sink.finish())
+            if self._committer is not None:
+                await self._committer
         finally:
+            if self._committer is not None and not self._committer.done():
+                self._committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._committer
             if flusher is not None:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -195,6 +221,10 @@ class Run:
             # Rows redone this run left their older line behind: one record per row again.
             if self._fatal is None and not ledger.manifest_consistent():
                 ledger.rewrite_manifest()
+            if self._sink is not None:
+                self._sink.close()
+        except OSError as exc:
+            self._fatal = self._fatal or OutputError(f"cannot write the shard index: {exc.strerror or exc}")
         except OutputError as exc:
             self._fatal = self._fatal or exc
         finally:
@@ -212,14 +242,20 @@ class Run:
         mirror the ledger is rewritten; this run's input and options are stored.
         """
         cfg = self.cfg
+        sink = self._sink
+        assert sink is not None
         manifest = root / cfg.output.manifest
+        state = cfg.output.state
         options = output_options(cfg)
-        existed = ledgers.exists(root)
+        existed = ledgers.exists(state)
         imported = False
         if cfg.overwrite:
-            old = Ledger(root, manifest) if existed else None
-            include_root = cfg.output.folder_size == 0 or (old is not None and _root_layout(old))
-            removed = ledgers.wipe(root, manifest, old, include_root=include_root)
+            old = Ledger(root, manifest, state) if existed else None
+            removed = sink.wipe(old) if old is not None else 0
+            include_root = not cfg.output.sharded and (
+                cfg.output.folder_size == 0 or (old is not None and root_layout(old))
+            )
+            removed += ledgers.wipe(root, manifest, old, include_root=include_root)
             if removed:
                 log.warning("--overwrite: deleted %d files of the previous run", removed)
             existed = False
@@ -227,27 +263,21 @@ class Run:
             if not cfg.force:
                 raise ResumeConflict(
                     f"'{root}' holds a manifest but no resume ledger (an older imgfetch, or "
-                    f"'{ledgers.LEDGER_DIR}' was deleted)",
+                    f"the state folder '{state}' was deleted)",
                     hint="use --overwrite to start afresh or --force to resume from the manifest",
                 )
             imported = True
-        ledger = Ledger(root, manifest)
+        ledger = Ledger(root, manifest, state)
         try:
             fingerprint = self._check_previous(ledger, options) if existed else self._fingerprint(None)[0]
-            assert self._sink is not None
-            self._sink.remove_temporaries()
             if imported:
                 _import_manifest(ledger, manifest)
+            # The sink makes the destination agree with the ledger (a killed run's leftovers).
+            try:
+                sink.open(ledger)
+            except OSError as exc:
+                raise OutputError(f"cannot prepare '{root}': {exc.strerror or exc}") from None
             if existed or imported:
-                include_root = cfg.output.folder_size == 0 or _root_layout(ledger)
-                done = ledgers.reconcile(ledger, include_root=include_root)
-                if done.removed or done.forgotten:
-                    log.warning(
-                        "resume: deleted %d files an interrupted run left unrecorded; "
-                        "%d done rows lost their file and will be done again",
-                        done.removed,
-                        done.forgotten,
-                    )
                 self._resuming = not ledger.is_empty()
             if not ledger.manifest_consistent():
                 ledger.rewrite_manifest()
@@ -356,9 +386,12 @@ class Run:
         # block.  A block done entirely (the common case on resume) costs one count query and
         # then a comparison per row; only a mixed block brings its final rows into a set.
         redo = self._redo(ledger) if self._resuming else None
-        size = self.cfg.output.folder_size
-        # Blocks are folders when that is bounded, so a finished block is a finished folder.
+        size = self._group
+        # Blocks are folders (shards) when that is bounded, so a finished block is a finished folder.
         block = size if 0 < size <= MAX_BLOCK else DEFAULT_BLOCK
+        sink = self._sink
+        assert sink is not None
+        rows_read = 0
         block_end = -1
         final: set[int] | None = set()
         since_yield = 0
@@ -366,6 +399,7 @@ class Run:
             if self._stopping:
                 break
             index = row.index
+            rows_read = index + 1
             if index >= block_end:
                 block_start = index - index % block
                 block_end = block_start + block
@@ -378,11 +412,13 @@ class Run:
                     break
             if final is None:
                 self.summary.already_done += 1
+                sink.skipped(index)
                 if block != size:  # a finished block that is not a whole folder
                     self._skip(row)
                 continue
             if index in final:
                 self.summary.already_done += 1
+                sink.skipped(index)
                 self._skip(row)
                 continue
             if self._unclaimed:
@@ -403,6 +439,11 @@ class Run:
                 window.release()
                 break
             start(job)
+        else:
+            if not self._stopping:
+                self._read_all = True
+                sink.end_of_input(rows_read)
+        self._schedule(sink.ready())
         while tasks:
             await asyncio.gather(*list(tasks), return_exceptions=True)
 
@@ -432,6 +473,8 @@ class Run:
         """Claim the row's name (in input order) and validate its URL."""
         stem = self._namer.claim(row.index, row.url, row.extra)
         folder = self._namer.folder(row.index)
+        if self._sink is not None and self._sink.keeps_bytes:
+            stem = self._sink.key(row.index, stem)
         if row.error is not None:
             return failed(row, Reason.INVALID_ROW.value, row.error, 0, time.monotonic())
         try:
@@ -459,9 +502,63 @@ class Run:
         if outcome is not None:
             self._record(outcome, job.host)
 
+    def _place(self, outcome: Outcome) -> Placed:
+        sink = self._sink
+        assert sink is not None
+        try:
+            placed = sink.add(outcome)
+        except OSError as exc:
+            fatal = exc.errno in FATAL_ERRNOS
+            if fatal and self._fatal is None:
+                self._fatal = OutputError(f"cannot write to '{sink.root}': {exc.strerror}")
+                self.stop(grace=0.0)
+            lost = dataclasses.replace(
+                outcome,
+                status=Status.FAILED,
+                reason=Reason.WRITE_ERROR.value,
+                detail=str(exc)[:300],
+                payload=None,
+            )
+            # A failed row has no sample to write; its record still belongs to its shard.
+            placed = sink.add(lost)
+        ready = sink.ready()
+        if ready:
+            self._schedule(ready)
+        return placed
+
+    def _schedule(self, shards: list[int]) -> None:
+        """Commit these complete shards, one after the other, in the background."""
+        if not shards:
+            return
+        self._to_commit.extend(shards)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_all())
+
+    async def _commit_all(self) -> None:
+        sink, ledger = self._sink, self._ledger
+        assert sink is not None and ledger is not None
+        while self._to_commit and self._fatal is None:
+            shard = self._to_commit.pop(0)
+            self._flush()  # the shard's records come from the ledger
+            if self._fatal is not None:
+                return
+            try:
+                await sink.commit(shard, ledger)
+            except (OSError, OutputError) as exc:
+                if isinstance(exc, OSError):
+                    exc = OutputError(
+                        f"cannot commit shard {shard:05d} in '{sink.root}': {exc.strerror or exc}"
+                    )
+                self._fatal = self._fatal or exc
+                self.stop(grace=0.0)
+                return
+
     def _record(self, outcome: Outcome, host: str | None) -> None:
-        """Queue the row's outcome for the next ledger commit and count it."""
-        self._batch.append(_entry(outcome.to_record()))
+        """Store the row's sample (shard formats), queue its outcome for the next ledger
+        commit and count it."""
+        placed = self._place(outcome)
+        outcome = placed.outcome
+        self._batch.append(_entry(outcome.to_record(), placed.shard, placed.end))
         if len(self._batch) >= FLUSH_ROWS:
             self._flush()
         self.summary.add(outcome, host)
@@ -493,12 +590,22 @@ def output_options(cfg: RunConfig) -> dict[str, Any]:
         fmt: str = sources.detect_format(cfg.input.source, cfg.input.format)
     except ConfigError:  # rows handed to Run directly, from a source without a known format
         fmt = "unknown"
-    opts: dict[str, Any] = {
-        "input-format": fmt,
-        "name": str(cfg.output.naming),
-        "folder-size": cfg.output.folder_size,
-        "folder-index": cfg.output.folder_index,
-    }
+    out = cfg.output
+    opts: dict[str, Any] = {"input-format": fmt}
+    # Options added since the first ledger are stored only when they differ from their
+    # default, so a folder written before they existed resumes without a conflict.
+    if out.sharded:
+        opts.update({"output-format": out.format, "shard-size": out.shard_size, "key": out.key})
+        if out.key == "name":
+            opts["name"] = str(out.naming)
+    else:
+        opts.update(
+            {"name": str(out.naming), "folder-size": out.folder_size, "folder-index": out.folder_index}
+        )
+        if out.write_metadata:
+            opts["write-metadata"] = True
+    if out.caption_col is not None:
+        opts["caption-col"] = out.caption_col
     if fmt != "txt":
         opts["url-col"] = cfg.input.url_col
     image = dataclasses.asdict(cfg.image)
@@ -513,12 +620,6 @@ def output_options(cfg: RunConfig) -> dict[str, Any]:
     # A JSON round trip turns tuples into lists, as they come back from the ledger.
     result: dict[str, Any] = json.loads(json.dumps(opts))
     return result
-
-
-def _root_layout(ledger: Ledger) -> bool:
-    """True when the ledger's last run wrote images straight into the output folder."""
-    old = ledger.get_json("options")
-    return isinstance(old, dict) and old.get("folder-size") == 0
 
 
 def _has_content(path: Path) -> bool:
@@ -543,7 +644,7 @@ def _line(record: Mapping[str, Any]) -> str:
     return line
 
 
-def _entry(record: Mapping[str, Any]) -> Entry:
+def _entry(record: Mapping[str, Any], shard: int | None = None, end: int | None = None) -> Entry:
     path = record.get("path")
     folder: str | None = None
     name: str | None = None
@@ -557,6 +658,8 @@ def _entry(record: Mapping[str, Any]) -> Entry:
         folder,
         name,
         _line(record),
+        shard,
+        end,
     )
 
 

@@ -4,11 +4,22 @@ The only module that imports :mod:`sqlite3`.  ``OUT/.imgfetch/ledger.sqlite``
 (WAL, ``synchronous=NORMAL``: a killed process loses nothing committed, a
 power cut at most the last moments) holds
 
-* ``outcomes(row PRIMARY KEY, status, reason, folder, name, record)``: one row
-  per finished input row; ``record`` is the manifest line (JSON), ``folder`` and
-  ``name`` locate the saved file (NULL when there is none);
+* ``outcomes(row PRIMARY KEY, status, reason, folder, name, record, shard, sample_end)``:
+  one row per finished input row; ``record`` is the manifest line (JSON), ``folder``
+  and ``name`` locate the saved file of the ``files`` format (NULL when there is
+  none); ``shard`` is the shard a row of a shard format belongs to and
+  ``sample_end`` where its sample ends in that shard's staging file (NULL for a
+  row without a sample), which is how a resume cuts a staging file back to the
+  samples the ledger knows (:mod:`imgfetch.sinks.shards`);
+* ``shards(shard PRIMARY KEY, kind, state, started, finished, nsamples, filesize)``:
+  the shards of a shard format, ``open`` (being filled in staging), ``sealed``
+  (complete in staging, being published) or ``committed`` (in the output);
 * ``meta(key PRIMARY KEY, value)``: the input fingerprint and output-shaping
   options of the last run, and what the manifest should hold.
+
+The ledger lives in the *state folder* (``--state-dir``, by default
+``OUT/.imgfetch``), apart from the destination: a destination may be shared or
+remote, the state is this machine's.
 
 The index ``outcomes_status(row, status, reason)`` covers the resume scan and
 ``count(*)``, which would otherwise walk every stored JSON record (about half
@@ -62,7 +73,14 @@ except ImportError:  # pragma: no cover - Windows: no lock, one run per folder i
 LEDGER_DIR = ".imgfetch"
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = "lock"
-SCHEMA = "1"
+SCHEMA = "2"
+#: Older schemas this version upgrades in place (columns added, nothing rewritten).
+_UPGRADES = {
+    "1": (
+        "ALTER TABLE outcomes ADD COLUMN shard INTEGER",
+        "ALTER TABLE outcomes ADD COLUMN sample_end INTEGER",
+    )
+}
 #: Rows per keyset page when streaming the ledger.
 PAGE = 10_000
 _CHUNK = 1 << 20
@@ -76,16 +94,30 @@ CREATE TABLE IF NOT EXISTS outcomes(
     reason TEXT,
     folder TEXT,
     name TEXT,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    shard INTEGER,
+    sample_end INTEGER
 );
 CREATE INDEX IF NOT EXISTS outcomes_file ON outcomes(folder, name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_status ON outcomes(row, status, reason);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards(
+    shard INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started REAL,
+    finished REAL,
+    nsamples INTEGER,
+    filesize INTEGER
+);
 """
+# Created after an upgrade has added the column it covers.
+_SHARD_INDEX_SQL = "CREATE INDEX IF NOT EXISTS outcomes_shard ON outcomes(shard, row) WHERE shard IS NOT NULL"
 
 
 _UPSERT = (
-    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record, shard, sample_end)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -114,14 +146,29 @@ class Entry(NamedTuple):
     folder: str | None
     name: str | None
     line: str
+    shard: int | None = None
+    end: int | None = None
 
 
-def ledger_path(root: Path) -> Path:
-    return root / LEDGER_DIR / LEDGER_FILE
+class ShardState(NamedTuple):
+    """One shard as the ledger knows it (see the ``shards`` table)."""
+
+    shard: int
+    kind: str  # "base": rows [k*N, (k+1)*N); "patch": rows redone after their shard was committed
+    state: str  # "open", "sealed" or "committed"
+    started: float | None
+    finished: float | None
+    nsamples: int | None
+    filesize: int | None
 
 
-def exists(root: Path) -> bool:
-    return ledger_path(root).is_file()
+def ledger_path(state: Path) -> Path:
+    """The ledger file of the state folder ``state``."""
+    return state / LEDGER_FILE
+
+
+def exists(state: Path) -> bool:
+    return ledger_path(state).is_file()
 
 
 def _output_error(what: str, exc: BaseException) -> OutputError:
@@ -132,20 +179,22 @@ def _output_error(what: str, exc: BaseException) -> OutputError:
 class Ledger:
     """An open ledger plus its manifest mirror.  Single-threaded: use it from the event loop only.
 
-    Opening takes an exclusive lock on ``.imgfetch/lock`` (released by the OS
-    even when the process is killed), so two runs never share an output folder.
+    Opening takes an exclusive lock on ``STATE/lock`` (released by the OS even
+    when the process is killed), so two runs never share a state folder.
+    ``root`` is the output folder, ``state`` the state folder (made if missing).
     """
 
-    def __init__(self, root: Path, manifest: Path) -> None:
+    def __init__(self, root: Path, manifest: Path, state: Path | None = None) -> None:
         self.root = root
         self.manifest = manifest
-        folder = root / LEDGER_DIR
+        self.state = state = root / LEDGER_DIR if state is None else state
+        folder = state
         self._lock: IO[bytes] | None = None
         self._mirror: IO[bytes] | None = None
         try:
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             self._take_lock(folder / LOCK_FILE)
-            self._db = sqlite3.connect(ledger_path(root), isolation_level=None, check_same_thread=True)
+            self._db = sqlite3.connect(ledger_path(state), isolation_level=None, check_same_thread=True)
         except (OSError, sqlite3.Error) as exc:
             self._release_lock()
             raise _output_error(f"open the resume ledger in '{folder}'", exc) from None
@@ -154,6 +203,11 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA_SQL)
             schema = self.get("schema")
+            if schema in _UPGRADES:
+                with self._transaction():
+                    for statement in _UPGRADES[schema]:
+                        self._db.execute(statement)
+                schema = None
             if schema is None:
                 self.put({"schema": SCHEMA})
             elif schema != SCHEMA:
@@ -161,6 +215,7 @@ class Ledger:
                     f"the resume ledger in '{folder}' has schema {schema}, this imgfetch reads {SCHEMA}",
                     hint="use --overwrite to start afresh",
                 )
+            self._db.execute(_SHARD_INDEX_SQL)
         except sqlite3.Error as exc:
             self.close()
             raise _output_error(f"use the resume ledger in '{folder}'", exc) from None
@@ -354,6 +409,49 @@ class Ledger:
             rows.extend(row for (row,) in cursor)
         return rows
 
+    # ---- shards -------------------------------------------------------------
+    def shards(self) -> list[ShardState]:
+        """Every shard the ledger knows, by number (a few per 10,000 rows)."""
+        cursor = self._db.execute(
+            "SELECT shard, kind, state, started, finished, nsamples, filesize FROM shards ORDER BY shard"
+        )
+        return [ShardState(*row) for row in cursor]
+
+    def put_shard(self, shard: ShardState) -> None:
+        try:
+            with self._transaction():
+                self._db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)", shard)
+        except sqlite3.Error as exc:
+            raise _output_error("write the resume ledger", exc) from None
+
+    def drop_shard(self, shard: int) -> None:
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM shards WHERE shard = ?", (shard,))
+        except sqlite3.Error as exc:
+            raise _output_error("write the resume ledger", exc) from None
+
+    def sample_ends(self, shard: int) -> list[tuple[int, int]]:
+        """``(row, sample_end)`` of the rows with a sample in ``shard``'s staging file, by end."""
+        cursor = self._db.execute(
+            "SELECT row, sample_end FROM outcomes INDEXED BY outcomes_shard"
+            " WHERE shard = ? AND sample_end IS NOT NULL ORDER BY sample_end",
+            (shard,),
+        )
+        return [(int(r), int(e)) for r, e in cursor]
+
+    def shard_lines(self, shard: int) -> list[str]:
+        """The manifest lines of the rows of ``shard``, in row order (one shard: bounded)."""
+        cursor = self._db.execute(
+            "SELECT record FROM outcomes INDEXED BY outcomes_shard WHERE shard = ? ORDER BY row", (shard,)
+        )
+        return [line for (line,) in cursor]
+
+    def max_row(self) -> int:
+        """The highest row the ledger holds, or -1."""
+        (top,) = self._db.execute("SELECT max(row) FROM outcomes").fetchone()
+        return -1 if top is None else int(top)
+
     # ---- manifest ---------------------------------------------------------
     def manifest_consistent(self) -> bool:
         """True when the manifest holds exactly the ledger's rows, once each.
@@ -514,7 +612,7 @@ def wipe(root: Path, manifest: Path, ledger: Ledger | None, *, include_root: boo
                 (root / folder).rmdir()  # only succeeds when empty
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
-                ledger_path(root).with_name(LEDGER_FILE + suffix).unlink()
+                ledger_path(ledger.state).with_name(LEDGER_FILE + suffix).unlink()
     for path in (manifest, root / "summary.json"):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -86,14 +86,16 @@ class Fetcher:
 
     It holds the per-host gates of the hosts it is given and ``concurrency``
     attempt slots; ``pool`` (when images are decoded) and ``sink`` are used
-    as they are.  Set :attr:`stopping` when the run stops taking new rows.
+    as they are.  Without a ``sink`` (the shard formats) nothing is written
+    here: the saved bytes travel on the Outcome (``payload``) to the sink of
+    the recording side.  Set :attr:`stopping` when the run stops taking new rows.
     """
 
     def __init__(
         self,
         cfg: RunConfig,
         engine: Engine,
-        sink: FileSink,
+        sink: FileSink | None,
         concurrency: int,
         pool: CpuPool[images.Processed | images.Rejected] | None = None,
     ) -> None:
@@ -189,7 +191,7 @@ class Fetcher:
                 result = images.Rejected(Reason.DECODE_ERROR.value, str(exc))
         else:
             result = images.check(body, self.cfg.image)
-        common = {
+        common: dict[str, Any] = {
             "row": job.row.index,
             "url": job.row.url,
             "http_status": res.status,
@@ -208,7 +210,7 @@ class Fetcher:
                 orig_width=info.width if info else None,
                 orig_height=info.height if info else None,
                 elapsed=time.monotonic() - job.started,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         orig_sha = hashlib.sha256(body).hexdigest()
         if isinstance(result, images.Processed):
@@ -220,6 +222,20 @@ class Fetcher:
             ofmt, ow, oh = fmt, w, h
             sha = orig_sha
         stem = job.stem if job.stem is not None else naming.hash_stem(sha)
+        saved: dict[str, Any] = {
+            "status": Status.OK,
+            "bytes": len(data),
+            "format": fmt,
+            "width": w,
+            "height": h,
+            "orig_format": ofmt,
+            "orig_width": ow,
+            "orig_height": oh,
+            "sha256": sha,
+            "orig_sha256": orig_sha,
+        }
+        if self.sink is None:  # a shard format: the recording side stores the bytes
+            return Outcome(key=stem, payload=data, elapsed=time.monotonic() - job.started, **saved, **common)
         name = naming.file_name(stem, fmt)
         try:
             path = self.sink.write(job.folder, name, data)
@@ -231,20 +247,6 @@ class Fetcher:
                 reason=Reason.WRITE_ERROR.value,
                 detail=str(exc)[:300],
                 elapsed=time.monotonic() - job.started,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
-        return Outcome(
-            status=Status.OK,
-            bytes=len(data),
-            format=fmt,
-            width=w,
-            height=h,
-            orig_format=ofmt,
-            orig_width=ow,
-            orig_height=oh,
-            sha256=sha,
-            orig_sha256=orig_sha,
-            path=path,
-            elapsed=time.monotonic() - job.started,
-            **common,  # type: ignore[arg-type]
-        )
+        return Outcome(path=path, elapsed=time.monotonic() - job.started, **saved, **common)

@@ -329,7 +329,8 @@ def _serve(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, cl
 
 async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=BUFFER)
-    fetcher = Fetcher(cfg, make_engine(cfg.engine, cfg.http), FileSink(root), concurrency)
+    sink = None if cfg.output.sharded else FileSink(root)
+    fetcher = Fetcher(cfg, make_engine(cfg.engine, cfg.http), sink, concurrency)
     tasks: set[asyncio.Task[None]] = set()
 
     outbox = _Outbox(writer)

@@ -1,4 +1,4 @@
-"""Where images go: files written atomically; and reading a manifest back (the ledger writes it).
+"""``--output-format files``: images written atomically into numbered folders.
 
 Every file is written to a hidden temporary name in its final folder and
 renamed into place only once complete, so a final name never holds a partial
@@ -13,16 +13,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
+import logging
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from imgfetch.errors import OutputError
+from imgfetch.records import ledger as ledgers
+from imgfetch.records import shard_records
+from imgfetch.sinks.base import Placed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from imgfetch.config import RunConfig
+    from imgfetch.outcome import Outcome
+    from imgfetch.records.ledger import Ledger
+
+log = logging.getLogger("imgfetch")
 
 TEMP_PREFIX = ".imgfetch-"
 TEMP_SUFFIX = ".part"
@@ -121,3 +132,80 @@ class FileSink:
             except FileNotFoundError:
                 pass
         return count
+
+
+class FilesOutput:
+    """``--output-format files`` on the recording side: images are written by the fetchers
+    (:class:`FileSink`, in whichever process fetched them); this adds the sidecars
+    (``--caption-col`` -> ``name.txt``, ``--write-metadata`` -> ``name.json``) and, on
+    start, reconciles the numbered folders with the ledger."""
+
+    name: ClassVar[str] = "files"
+    keeps_bytes: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, root: Path, state: Path) -> None:
+        self.cfg = cfg
+        self.files = FileSink(root)
+        self.root = self.files.root
+        self._caption = cfg.output.caption_col
+        self._metadata = cfg.output.write_metadata
+
+    def key(self, index: int, stem: str | None) -> str | None:
+        return stem
+
+    def open(self, ledger: Ledger) -> None:
+        """Delete leftovers of a killed run and forget ok rows whose file has gone."""
+        self.files.remove_temporaries()
+        if ledger.is_empty():
+            return
+        include_root = self.cfg.output.folder_size == 0 or root_layout(ledger)
+        done = ledgers.reconcile(ledger, include_root=include_root)
+        if done.removed or done.forgotten:
+            log.warning(
+                "resume: deleted %d files an interrupted run left unrecorded; "
+                "%d done rows lost their file and will be done again",
+                done.removed,
+                done.forgotten,
+            )
+
+    def add(self, outcome: Outcome) -> Placed:
+        if outcome.path is not None and (self._caption is not None or self._metadata):
+            folder, _, name = outcome.path.rpartition("/")
+            stem = name.rpartition(".")[0] or name
+            if self._caption is not None:
+                self.files.write(
+                    folder,
+                    stem + ".txt",
+                    shard_records.caption(outcome, self._caption).encode("utf-8", "surrogateescape"),
+                )
+            if self._metadata:
+                meta = json.dumps(shard_records.sample_metadata(outcome), ensure_ascii=False)
+                self.files.write(folder, stem + ".json", meta.encode("utf-8"))
+        return Placed(outcome)
+
+    def skipped(self, index: int) -> None:
+        pass
+
+    def end_of_input(self, rows: int) -> None:
+        pass
+
+    def ready(self) -> list[int]:
+        return []
+
+    def finish(self) -> list[int]:
+        return []
+
+    async def commit(self, shard: int, ledger: Ledger) -> None:
+        raise AssertionError("the files format has no shards")
+
+    def close(self) -> None:
+        pass
+
+    def wipe(self, ledger: Ledger) -> int:
+        return 0  # the ledger's wipe deletes the files it records
+
+
+def root_layout(ledger: Ledger) -> bool:
+    """True when the ledger's last run wrote images straight into the output folder."""
+    old = ledger.get_json("options")
+    return isinstance(old, dict) and old.get("folder-size") == 0
