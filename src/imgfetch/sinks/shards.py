@@ -38,7 +38,8 @@ import tarfile
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from imgfetch.errors import OutputError
+from imgfetch import sources
+from imgfetch.errors import ImgfetchError, OutputError
 from imgfetch.outcome import Status
 from imgfetch.records import shard_records
 from imgfetch.records.ledger import ShardState
@@ -207,6 +208,15 @@ class ShardSink:
         self._files.remove_temporaries()
         top = max(self._shards, default=-1)
         self._next_free = max(top, ledger.max_row() // self.size) + 1
+        if any(s.state == "committed" for s in self._shards.values()):
+            # Rows may be redone into patch shards: number them after every shard the input
+            # can reach, so a list read further (or grown) still gets its own base shards.
+            try:
+                bound = sources.row_bound(self.cfg.input)
+            except ImgfetchError:  # rows handed to the pipeline directly, not read from a file
+                bound = None
+            if bound is not None:
+                self._next_free = max(self._next_free, -(-bound // self.size))
 
     def _refuse_foreign(self) -> None:
         ours = {name for s in self._shards.values() if s.state != "open" for name in self.files(s.shard)}
