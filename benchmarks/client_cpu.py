@@ -2,7 +2,7 @@
 
 ``python benchmarks/client_cpu.py [--requests 4000] [--inflight 32] [--cache DIR]``
 
-Both clients fetch the same corpus images from ``python -m imgfetch.server`` (in
+Both clients fetch the same corpus images from ``python -m imgfetch.bench.server`` (in
 its own process, 4 loopback hosts, 80 ms median latency) over keep-alive
 connections, with the same number of requests in flight, and this process's own
 CPU time is divided by the number of requests. The bare client is a floor, not a
@@ -24,10 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import corpus
-from imgfetch.bench import Server
+from imgfetch.bench import Server, corpus
 
 _LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")
 

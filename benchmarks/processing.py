@@ -27,11 +27,8 @@ from typing import Any
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import corpus
 from imgfetch import images
-from imgfetch.bench import processing_ceiling
+from imgfetch.bench import corpus, processing_ceiling
 from imgfetch.config import ImageConfig
 
 

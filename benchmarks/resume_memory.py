@@ -2,7 +2,7 @@
 
 ``python benchmarks/resume_memory.py --rows 100000 1000000 --formats txt parquet``
 
-Starts ``python -m imgfetch.server`` (a separate process, four loopback hosts,
+Starts ``python -m imgfetch.bench.server`` (a separate process, four loopback hosts,
 no latency, every path a tiny image), writes a txt or Parquet list of N unique
 URLs, runs the real ``imgfetch`` command on it and reads the peak RSS of that
 process (and its children, if any) with GNU time.  With ``--resume`` it then
@@ -46,7 +46,7 @@ def tiny_images(folder: Path) -> None:
 
 def start_server(images: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imgfetch.server", str(images), "--hosts", str(HOSTS), "--catch-all"],
+        [sys.executable, "-m", "imgfetch.bench.server", str(images), "--hosts", str(HOSTS), "--catch-all"],
         stdout=subprocess.PIPE,
         text=True,
     )

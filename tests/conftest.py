@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import imgfetch
+from imgfetch.bench.server import ImageServer
 from imgfetch.demo import sample_images
 from imgfetch.naming import EXTENSIONS, is_safe_name
 from imgfetch.records.manifest import read_manifest
-from imgfetch.server import ImageServer
 from imgfetch.sinks.files import TEMP_PREFIX
 
 if TYPE_CHECKING:

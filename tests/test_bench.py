@@ -9,29 +9,21 @@ import importlib.util
 import io
 import json
 import multiprocessing
+import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
-from imgfetch import bench
+from imgfetch.bench import harness as bench
 
-if TYPE_CHECKING:
-    from types import ModuleType
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its process pool pickles functions by module name
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def jpeg(seed: int) -> bytes:
@@ -163,7 +155,7 @@ def _bench_for_disk(
 def test_bench_waits_while_the_disk_is_in_its_slow_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, tmp_path, None)
+    ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, None)
     b, probe, logged = _bench_for_disk(tmp_path, monkeypatch, [80.0])
     b.await_disk(ctx)
     assert len(probe.folders) == 1 and b.disk_waits == [] and logged == []  # healthy: one probe, no wait
@@ -177,7 +169,7 @@ def test_bench_waits_while_the_disk_is_in_its_slow_state(
 def test_bench_measures_anyway_after_waiting_long_enough(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, tmp_path, None)
+    ctx = bench.Context(bench.settings_from(bench.parse(["--quick"])), tmp_path, None)
     b, probe, logged = _bench_for_disk(tmp_path, monkeypatch, [900.0, 900.0])
     b.s = dataclasses.replace(b.s, disk_wait=0.0)
     b.await_disk(ctx)
@@ -231,7 +223,8 @@ def test_pss_splits_what_a_forked_child_shares() -> None:
 
 def test_corpus_is_deterministic_and_grows_as_a_prefix(tmp_path: Path) -> None:
     pytest.importorskip("skimage")
-    corpus = load("corpus")
+    from imgfetch.bench import corpus
+
     small = corpus.build(tmp_path / "a", 2, seed=3)
     big = corpus.build(tmp_path / "b", 3, seed=3)
     assert [e["sha256"] for e in small] == [e["sha256"] for e in big[:2]]
@@ -242,25 +235,28 @@ def test_corpus_is_deterministic_and_grows_as_a_prefix(tmp_path: Path) -> None:
             assert img.format == e["format"] and img.size == (e["width"], e["height"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
-    pytest.importorskip("skimage")
-    out = tmp_path / "report"
-    # --quick with a smaller list and corpus keeps CI lean; every step still runs.
-    cmd = [sys.executable, "-m", "imgfetch", "bench", "--quick", "--urls", "80", "--corpus", "20"]
-    cmd += ["--out", str(out), "--cache", str(tmp_path / "cache")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=380, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+def _skip_without_extra() -> None:
+    if bench.missing_extra():
+        pytest.skip(f"the bench extra is not installed here: {bench.missing_extra()}")
+
+
+def _quick(out: Path, cache: Path, urls: int = 80, corpus: int = 20) -> list[str]:
+    """``bench --quick`` with a smaller list and corpus (keeps CI lean; every step still runs)."""
+    args = ["bench", "--quick", "--urls", str(urls), "--corpus", str(corpus)]
+    return [*args, "--out", str(out), "--cache", str(cache)]
+
+
+def _check_quick_report(out: Path, urls: int) -> None:
     report = json.loads((out / "results.json").read_text())
     rows = {(r["workload"], r["tool"]): r for r in report["results"]}
     for wl in ("W1", "W2"):
         row = rows[(wl, "imgfetch-async")]
-        assert row["valid"] == row["files"] == row["urls"] == 80
+        assert row["valid"] == row["files"] == row["urls"] == urls
         assert row["cpu_s"] > 0 and row["peak_rss_mb"] > 0
-        assert row["server_requests"] == 80
+        assert row["server_requests"] == urls
         assert row["server_cpu_s"] is not None
-    assert rows[("W2", "processing ceiling")]["valid"] == 80
+        assert rows[(wl, "classic")]["valid"] == urls  # the classic peer's script ran
+    assert rows[("W2", "processing ceiling")]["valid"] == urls
     pairs = {(r["workload"], r["tool"], r["against"]) for r in report["ratios"]}
     assert pairs == {
         ("W1", "imgfetch-async", "classic"),
@@ -270,5 +266,113 @@ def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     assert "## W1 download only" in md
     assert "| imgfetch-async | classic |" in md and "| imgfetch-async | processing ceiling |" in md
-    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
-    assert (out / "chart.png").is_file() == has_matplotlib
+    with Image.open(out / "chart.png") as chart:  # the chart module ran
+        assert chart.format == "PNG"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
+    _skip_without_extra()
+    cmd = [sys.executable, "-m", "imgfetch", *_quick(tmp_path / "report", tmp_path / "cache")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=380, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_quick_report(tmp_path / "report", 80)
+
+
+def test_bench_stops_at_once_without_its_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    gone = {"skimage", "matplotlib"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a)
+    )
+    assert bench.missing_extra() == ["skimage", "matplotlib"]
+    with pytest.raises(SystemExit) as stop:
+        bench.main(_quick(tmp_path / "report", tmp_path / "cache")[1:])
+    message = str(stop.value.code)
+    assert message.startswith("imgfetch: error[bench-missing]: imgfetch bench needs skimage")
+    assert message.endswith(": pip install 'imgfetch[bench]'") and "\n" not in message
+    assert "matplotlib (the chart)" in message
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "report").exists()  # nothing ran
+
+
+def test_the_download_path_and_the_server_do_not_load_the_harness() -> None:
+    """The bench is out of the runtime path: a download never imports imgfetch.bench, and the
+    tests' and the demo's server does not pull in the harness."""
+    code = (
+        "import sys, imgfetch.cli, imgfetch.api, imgfetch.pipeline\n"
+        "assert not [m for m in sys.modules if m.startswith('imgfetch.bench')], sys.modules\n"
+        "import imgfetch.bench.server\n"
+        "assert 'imgfetch.bench.harness' not in sys.modules\n"
+        "from imgfetch.bench import main, CEILING\n"
+        "assert 'imgfetch.bench.harness' in sys.modules and CEILING == 'processing ceiling'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _python(python: Path, code: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True, cwd=cwd, env=env, timeout=60
+    )
+    return done.stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_quick_runs_from_an_installed_wheel_without_the_checkout(tmp_path: Path) -> None:
+    """``pip install 'imgfetch[bench]'`` then ``imgfetch bench``: no benchmarks/ folder, no source tree.
+
+    The wheel is built from a copy of the project's sources (not benchmarks/, not tests/)
+    and installed, without dependencies, into a fresh virtualenv. The dependencies (the
+    extra's included) come from this interpreter's site-packages, added as a plain path:
+    its ``.pth`` files, and with them the editable install of the checkout, are not read.
+    The bench then runs from an empty folder through the virtualenv's ``imgfetch`` script.
+    """
+    _skip_without_extra()
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, project / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(project)], check=True)
+    (wheel,) = (tmp_path / "dist").glob("imgfetch-*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        meta = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    extra = {m[1] for m in re.finditer(r"^Requires-Dist: ([\w.-]+).*extra == .bench.", meta, re.MULTILINE)}
+    # the extra holds what the bench checks for (and nothing else): skimage is scikit-image
+    assert extra == {{"skimage": "scikit-image"}.get(m, m) for m in bench.EXTRA_MODULES}
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True
+    )
+    shutil.rmtree(project)  # nothing of the copy is left to reach into either
+
+    ours = sysconfig.get_paths()
+    site = Path(_python(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
+    (site / "dependencies.pth").write_text(f"{ours['purelib']}\n{ours['platlib']}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env.pop("IMGFETCH_BENCHMARKS", None)
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    where = json.loads(
+        _python(
+            python,
+            "import json, sys, imgfetch, imgfetch.bench.harness\n"
+            "print(json.dumps([imgfetch.bench.harness.__file__, sys.path]))",
+            cwd=empty,
+            env=env,
+        )
+    )
+    assert Path(where[0]).is_relative_to(site), where[0]  # the harness imported is the wheel's
+    checkout = [ROOT, *(ROOT / d for d in ("src", "benchmarks", "tests"))]
+    reach = [p for p in where[1] if p and any(Path(p).resolve().is_relative_to(c) for c in checkout[1:])]
+    assert not reach and str(ROOT) not in where[1], where[1]  # nor can it import from the checkout
+
+    out = tmp_path / "report"
+    cmd = [str(env_dir / "bin" / "imgfetch"), *_quick(out, tmp_path / "cache", urls=40, corpus=10)]
+    done = subprocess.run(cmd, cwd=empty, env=env, capture_output=True, text=True, timeout=500, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_quick_report(out, 40)
+    assert not list(empty.iterdir())

@@ -16,7 +16,7 @@ from conftest import check_output, key_fields, snapshot
 from imgfetch.records.manifest import read_manifest
 
 if TYPE_CHECKING:
-    from imgfetch.server import ImageServer
+    from imgfetch.bench.server import ImageServer
 
 _SCRIPT = Path(sys.executable).with_name("imgfetch")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "imgfetch"]

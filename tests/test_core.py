@@ -23,8 +23,8 @@ from yarl import URL
 
 import imgfetch
 from conftest import FAST, HOSTS, fetch, hits, key, key_fields
+from imgfetch.bench.server import ImageServer, Latency
 from imgfetch.naming import fallback_stem, is_safe_name
-from imgfetch.server import ImageServer, Latency
 
 if TYPE_CHECKING:
     from imgfetch import Outcome

@@ -1,6 +1,6 @@
 """Every engine runs the same pipeline: same files, same manifest, same reasons.
 
-Real servers on 127.0.0.x (imgfetch.server), real processes; no mocks.
+Real servers on 127.0.0.x (imgfetch.bench.server), real processes; no mocks.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from yarl import URL
 
 import imgfetch
 from fwdproxy import ForwardProxy
+from imgfetch.bench.server import ImageServer
 from imgfetch.config import HttpConfig
 from imgfetch.demo import sample_images
 from imgfetch.errors import EngineUnavailable
@@ -24,7 +25,6 @@ from imgfetch.fetch.aio import AioClient
 from imgfetch.fetch.engines import ENGINES, LoopEngine, ProcessesEngine, ThreadsEngine, make_engine
 from imgfetch.fetch.sync import SyncClient
 from imgfetch.naming import EXTENSIONS
-from imgfetch.server import ImageServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

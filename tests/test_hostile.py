@@ -1,7 +1,7 @@
 """The hostile internet (issue 5): politeness and security, proven against local fault servers.
 
 Every case runs the real pipeline (``imgfetch.download``) against real servers
-on 127.0.0.x: the :class:`~imgfetch.server.ImageServer` for the faults it can
+on 127.0.0.x: the :class:`~imgfetch.bench.server.ImageServer` for the faults it can
 script, a small :class:`FaultServer` below for the rest (time-dependent
 answers, several headers of one name, compression bombs, request timestamps)
 and a real forward proxy (``fwdproxy.py``).  For each case the test checks the
@@ -49,13 +49,13 @@ import imagegen as gen
 import imgfetch
 from fwdproxy import ForwardProxy
 from imgfetch import api, sources
+from imgfetch.bench.server import ImageServer
 from imgfetch.cli import main as cli_main
 from imgfetch.config import DEFAULT_USER_AGENT, PROJECT_URL, HttpConfig
 from imgfetch.fetch.common import is_blocked_address
 from imgfetch.fetch.hosts import HostGate, HostTable
 from imgfetch.naming import is_safe_name
 from imgfetch.records.manifest import read_manifest
-from imgfetch.server import ImageServer
 from imgfetch.sinks.files import TEMP_SUFFIX
 
 if TYPE_CHECKING:

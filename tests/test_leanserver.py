@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from imgfetch.server import (
+from imgfetch.bench.server import (
     MAX_HEAD,
     ImageServer,
     Latency,
@@ -502,7 +502,7 @@ def test_refuses_other_addresses_and_busy_ports(images: dict[str, bytes], lean: 
         LeanServer(images, hosts=HOSTS, port=lean.port).start()
 
 
-# ---- python -m imgfetch.server ----------------------------------------------------
+# ---- python -m imgfetch.bench.server ----------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [None, "aiohttp"])
 def test_the_server_command(
@@ -513,7 +513,7 @@ def test_the_server_command(
     for name, data in images.items():
         (folder / name).write_bytes(data)
     stats_file = tmp_path / "stats.json"
-    cmd = [sys.executable, "-m", "imgfetch.server", str(folder), "--hosts", "2", "--catch-all"]
+    cmd = [sys.executable, "-m", "imgfetch.bench.server", str(folder), "--hosts", "2", "--catch-all"]
     cmd += ["--latency", "0.01", "--stats-file", str(stats_file)]
     if kind is not None:
         cmd += ["--server", kind]

@@ -23,10 +23,10 @@ import pytest
 import imgfetch
 from conftest import FAST, fetch
 from imgfetch import api
+from imgfetch.bench.server import ImageServer, Latency
 from imgfetch.config import HttpConfig, build
 from imgfetch.errors import ConfigError
 from imgfetch.runners import loops
-from imgfetch.server import ImageServer, Latency
 from test_resume import (
     CLI_BASE,
     PROMPT,

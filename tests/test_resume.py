@@ -28,12 +28,12 @@ from yarl import URL
 
 import imagegen
 import imgfetch
+from imgfetch.bench.server import ImageServer, Latency
 from imgfetch.config import Naming
 from imgfetch.errors import OutputError, ResumeConflict
 from imgfetch.naming import Namer
 from imgfetch.records import ledger as ledgers
 from imgfetch.records.manifest import read_manifest
-from imgfetch.server import ImageServer, Latency
 from imgfetch.sinks.files import TEMP_PREFIX, TEMP_SUFFIX
 
 if TYPE_CHECKING:

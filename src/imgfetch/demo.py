@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgfetch import api
+from imgfetch.bench.server import ImageServer, Latency
 from imgfetch.report import format_summary
-from imgfetch.server import ImageServer, Latency
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Draw ``imgfetch bench``'s results: ``python benchmarks/chart.py results.json chart.png``.
+"""Draw ``imgfetch bench``'s results: ``python -m imgfetch.bench.chart results.json chart.png``.
 
 Top row: images/s of every tool in W1 (download only) and W2 (with resizing),
 annotated with CPU seconds per 1000 images; W2 shows the processing ceiling as
@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
-from imgfetch.bench import CEILING
+from imgfetch.bench.harness import CEILING
 
 #: Mean of a log-normal with the server's default spread (sigma 0.5) relative to its median.
 LOGNORMAL_MEAN = math.exp(0.5**2 / 2)

@@ -1,6 +1,7 @@
 """The classic approach the seed articles teach, written out for the comparison.
 
-``python benchmarks/classic.py LIST OUT [--threads 10] [--size N]``
+``python -m imgfetch.bench.classic LIST OUT [--threads 10] [--size N]`` (the bench runs this file as a
+script, so that its figures include no import of imgfetch)
 
 A ``multiprocessing.pool.ThreadPool(10)`` maps a function over the URLs; the
 function calls ``requests.get(url, stream=True)`` (no session: a new connection

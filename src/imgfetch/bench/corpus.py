@@ -1,6 +1,6 @@
 """A deterministic corpus of real photos at realistic web sizes, for the benchmarks.
 
-``python benchmarks/corpus.py DIR --count 1000 --seed 0`` writes ``DIR/00000.jpg``...
+``python -m imgfetch.bench.corpus DIR --count 1000 --seed 0`` writes ``DIR/00000.jpg``...
 and ``DIR/index.json`` (name, format, width, height, bytes, sha256 of each file).
 
 The pixels come from the photos that scikit-image ships (``skimage.data``: the

@@ -1,15 +1,15 @@
 """``imgfetch bench``: the engines and the peers measured side by side, offline.
 
-What it does (details and results in benchmarks/README.md):
+What it does (details and results in the repository's benchmarks/README.md):
 
-1. builds, once, a corpus of real photos at realistic sizes (``benchmarks/corpus.py``,
+1. builds, once, a corpus of real photos at realistic sizes (``python -m imgfetch.bench.corpus``,
    cached under ``~/.cache/imgfetch/bench`` or ``--cache``);
-2. serves it with ``python -m imgfetch.server`` in a separate process on
+2. serves it with ``python -m imgfetch.bench.server`` in a separate process on
    127.0.0.1..N with a log-normal latency (median 80 ms), a fresh server per run
    so each run's request counts and peak concurrency per host are its own;
 3. runs every tool as a subprocess on the same URL list into a fresh folder:
    the four imgfetch engines, the classic ``ThreadPool(10)`` + ``requests``
-   script (``benchmarks/classic.py``), ``curl --parallel``, ``aria2c`` and,
+   script (``imgfetch/bench/classic.py``), ``curl --parallel``, ``aria2c`` and,
    with ``--with-img2dataset``, img2dataset in its own virtualenv;
 4. measures wall time, CPU seconds of the tool's whole process tree (rusage of
    reaped children; the bench makes itself a subreaper so that orphaned
@@ -22,6 +22,9 @@ What it does (details and results in benchmarks/README.md):
 Workloads: W1 download only; W2 the same with ``--size 256`` (peers that cannot
 resize are not run in W2).  The processing ceiling (``images.process`` alone
 over the same bodies, on all cores) is measured in the same run for W2.
+
+Everything it runs ships in this package (a plain ``pip install 'imgfetch[bench]'``
+is enough, no source checkout); without the ``bench`` extra it stops at once and says so.
 """
 
 from __future__ import annotations
@@ -150,19 +153,30 @@ class Result:
         return d
 
 
-# ---- locating the pieces ---------------------------------------------------
-def benchmarks_dir() -> Path:
-    """The repository's benchmarks/ folder (``imgfetch bench`` runs from a source checkout)."""
-    env = os.environ.get("IMGFETCH_BENCHMARKS")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "benchmarks")
-    for folder in candidates:
-        if (folder / "corpus.py").is_file():
-            return folder
-    raise SystemExit(
-        "imgfetch: error[bench-missing]: benchmarks/ not found: run 'imgfetch bench' from a source "
-        "checkout (pip install -e '.[bench]') or set IMGFETCH_BENCHMARKS=/path/to/benchmarks"
-    )
+# ---- what the bench needs ----------------------------------------------------
+#: The ``bench`` extra's modules and what needs each: a bench stops before it starts without any one.
+EXTRA_MODULES = {
+    "numpy": "the corpus",
+    "skimage": "the corpus (scikit-image's photos)",
+    "requests": "the classic peer",
+    "matplotlib": "the chart",
+}
+INSTALL_EXTRA = "pip install 'imgfetch[bench]'"
+#: The classic peer, run as a script (not ``-m``) so that its figures include no import of imgfetch.
+CLASSIC_SCRIPT = Path(__file__).with_name("classic.py")
+
+
+def missing_extra() -> list[str]:
+    """The ``bench`` extra's modules that cannot be imported here."""
+    return [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+def require_extra() -> None:
+    """Stop, with one line saying how to fix it, before anything runs without the ``bench`` extra."""
+    missing = missing_extra()
+    if missing:
+        needs = ", ".join(f"{name} ({EXTRA_MODULES[name]})" for name in missing)
+        raise SystemExit(f"imgfetch: error[bench-missing]: imgfetch bench needs {needs}: {INSTALL_EXTRA}")
 
 
 def clean_env() -> dict[str, str]:
@@ -172,12 +186,12 @@ def clean_env() -> dict[str, str]:
 
 # ---- the server ------------------------------------------------------------
 class Server:
-    """``python -m imgfetch.server`` in its own process, for one run."""
+    """``python -m imgfetch.bench.server`` in its own process, for one run."""
 
     def __init__(self, folder: Path, hosts: int, latency: float, stats_file: Path) -> None:
         self.stats_file = stats_file
         stats_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "imgfetch.server", str(folder), "--hosts", str(hosts)]
+        cmd = [sys.executable, "-m", "imgfetch.bench.server", str(folder), "--hosts", str(hosts)]
         cmd += ["--latency", str(latency), "--stats-file", str(stats_file)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=clean_env(), text=True)
         assert self.proc.stdout is not None
@@ -407,7 +421,6 @@ def verify(folder: Path, want: frozenset[str] | None, pool: concurrent.futures.E
 @dataclasses.dataclass
 class Context:
     settings: Settings
-    bench: Path
     work: Path
     img2dataset: Path | None
 
@@ -443,9 +456,7 @@ def _ext(url: str) -> str:
 
 
 def _classic(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str] | str:
-    if importlib.util.find_spec("requests") is None:
-        return "requests is not installed (pip install -e '.[bench]')"
-    cmd = [sys.executable, str(ctx.bench / "classic.py"), str(_write_list(ctx, urls)), str(out)]
+    cmd = [sys.executable, str(CLASSIC_SCRIPT), str(_write_list(ctx, urls)), str(out)]
     return cmd + (["--size", str(wl.size)] if wl.size is not None else [])
 
 
@@ -706,7 +717,6 @@ class Bench:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self.s = settings
         self.log = log
-        self.bench = benchmarks_dir()
         self.corpus_dir = settings.cache / f"corpus-seed{settings.seed}"
         self.entries: list[dict[str, Any]] = []
         self.results: list[Result] = []
@@ -723,7 +733,7 @@ class Bench:
         self._probes = itertools.count()
 
     def build_corpus(self) -> None:
-        cmd = [sys.executable, str(self.bench / "corpus.py"), str(self.corpus_dir)]
+        cmd = [sys.executable, "-m", "imgfetch.bench.corpus", str(self.corpus_dir)]
         cmd += ["--count", str(self.s.corpus), "--seed", str(self.s.seed)]
         subprocess.run(cmd, check=True, env=clean_env())
         meta = json.loads((self.corpus_dir / "index.json").read_text())
@@ -820,7 +830,7 @@ class Bench:
             tempfile.TemporaryDirectory(prefix="imgfetch-bench-", dir=s.cache) as tmp,
             concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool,
         ):
-            ctx = Context(s, self.bench, Path(tmp), i2d)
+            ctx = Context(s, Path(tmp), i2d)
             self._probe_disk(ctx, "start")
             for wl in workloads:
                 self.log(
@@ -1058,11 +1068,8 @@ def write_reports(bench: Bench, command: str) -> dict[str, Any]:
     return report
 
 
-def draw_chart(bench_dir: Path, out: Path, log: Callable[[str], None]) -> None:
-    if importlib.util.find_spec("matplotlib") is None:
-        log("chart skipped: matplotlib is not installed (pip install -e '.[bench]')")
-        return
-    cmd = [sys.executable, str(bench_dir / "chart.py"), str(out / "results.json"), str(out / "chart.png")]
+def draw_chart(out: Path, log: Callable[[str], None]) -> None:
+    cmd = [sys.executable, "-m", "imgfetch.bench.chart", str(out / "results.json"), str(out / "chart.png")]
     done = subprocess.run(cmd, env=clean_env(), check=False)
     if done.returncode == 0:
         log(f"chart: {out / 'chart.png'}")
@@ -1157,6 +1164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     settings = settings_from(parse(argv))
+    require_extra()
     settings.cache.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
@@ -1172,7 +1180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nimgfetch bench — {m['cores']} cores, {m['cpu']}, Python {m['python']}")
     for wl in settings.workloads:
         print(f"\n{wl}\n{table(bench.results, wl)}")
-    draw_chart(bench.bench, settings.out, log)
+    draw_chart(settings.out, log)
     log(f"reports in {settings.out} ({time.monotonic() - started:.0f} s)")
     failed = [r for r in bench.results if r.tool.startswith("imgfetch") and r.valid < r.urls]
     return 1 if failed else 0

@@ -8,7 +8,7 @@ and count requests and the peak number of concurrent requests per host.
 * :class:`ImageServer` (aiohttp.web) is the tests' and the demo's server: it
   also answers the scripted faults below, under ``/_/``.
 * :class:`LeanServer` (a raw asyncio protocol, stdlib only) is the
-  benchmark's server, ``python -m imgfetch.server`` (:func:`main`; ``--server
+  benchmark's server, ``python -m imgfetch.bench.server`` (:func:`main`; ``--server
   aiohttp`` picks the other). It serves only ``/img/NAME`` and the catch-all,
   the same bytes for the same URL as :class:`ImageServer`, for about half the
   CPU per request (a third of the Python part; the kernel's copy of the bytes
@@ -806,13 +806,13 @@ def load_images(folder: Path) -> dict[str, bytes]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m imgfetch.server DIR`` serves DIR's images until interrupted or SIGTERM (the benchmarks).
+    """``python -m imgfetch.bench.server DIR`` serves DIR's images until interrupted or SIGTERM (the bench).
 
     It prints the port on the first line of stdout, serves with :class:`LeanServer`
     (``--server aiohttp``: :class:`ImageServer`), and on exit writes
     ``{"requests": total, "by_host": ..., "peak": ...}`` to ``--stats-file``.
     """
-    ap = argparse.ArgumentParser(prog="python -m imgfetch.server")
+    ap = argparse.ArgumentParser(prog="python -m imgfetch.bench.server")
     ap.add_argument("folder", type=Path)
     ap.add_argument("--hosts", type=int, default=1, help="serve on 127.0.0.1 .. 127.0.0.N")
     ap.add_argument("--port", type=int, default=0)
