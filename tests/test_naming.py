@@ -350,3 +350,11 @@ def test_sanitize_stem_is_safe_or_empty(text: str) -> None:
     stem = sanitize_stem(text)
     assert stem == "" or is_safe_name(stem + LONGEST_EXT)
     assert len(stem.encode("utf-8")) <= STEM_BYTES
+
+
+def test_dotless_names_are_claimed_after_the_dots_are_replaced() -> None:
+    """Sample keys (--key name) have no dot, and "a.b" and "a_b" still get two distinct keys."""
+    namer = Namer(Naming(kind="url"), 10, 0, dotless=True)
+    keys = [namer.claim(i, f"http://h/{stem}.jpg", {}) for i, stem in enumerate(["a.b", "a_b", "v1.2.3"])]
+    assert keys == ["a_b", "a_b-1", "v1_2_3"]
+    assert all(k is not None and "." not in k for k in keys)

@@ -195,7 +195,7 @@ class Namer:
     after download.
     """
 
-    def __init__(self, naming: Naming, folder_size: int, folder_index: int) -> None:
+    def __init__(self, naming: Naming, folder_size: int, folder_index: int, *, dotless: bool = False) -> None:
         if folder_size < 0 or folder_index < 0:
             raise ValueError("folder_size and folder_index must be >= 0")
         self._naming = naming
@@ -205,6 +205,9 @@ class Namer:
         self._current: str | None = None
         self._claimed: set[str] = set()
         self._next_suffix: dict[str, int] = {}
+        #: Sample keys of the shard formats: loaders split a member name at its first dot, so
+        #: dots become "_" *before* the claim (then "a.b" and "a_b" still get distinct keys).
+        self._dotless = dotless
 
     def folder(self, row: int) -> str:
         """The sub-folder of ``row``: ``""`` without folders, else at least five digits."""
@@ -238,6 +241,8 @@ class Namer:
         return self._reserve(stem or fallback_stem(url))
 
     def _reserve(self, stem: str) -> str:
+        if self._dotless:
+            stem = stem.replace(".", "_")
         key = _claim_key(stem)
         if key not in self._claimed:
             self._claimed.add(key)

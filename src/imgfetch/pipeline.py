@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
     from imgfetch.config import RunConfig
+    from imgfetch.runners.base import Runner
     from imgfetch.sinks.base import Placed, Sink
 
 log = logging.getLogger("imgfetch")
@@ -106,7 +107,7 @@ class Run:
         self._unclaimed_folder = -1
         self._pool: CpuPool[images.Processed | images.Rejected] | None = None
         #: Who does the rows: this loop's Fetcher, then the loop processes (``--loops``).
-        self._shards: list[Fetcher | loops.LoopProcess] = []
+        self._runners: list[Runner] = []
         self._owners = loops.Owners([1.0])
         self._fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,7 +118,7 @@ class Run:
             # Names are claimed per shard; with index keys they are not used at all.
             names = out.naming if out.key == "name" else Naming(kind="index")
             self._group = out.shard_size
-            self._namer = naming.Namer(names, out.shard_size, 0)
+            self._namer = naming.Namer(names, out.shard_size, 0, dotless=True)
         else:
             self._group = out.folder_size
             self._namer = naming.Namer(out.naming, out.folder_size, out.folder_index)
@@ -136,13 +137,13 @@ class Run:
         if self._stopping:
             return
         self._stopping = True
-        self._stop_shards()
+        self._stop_runners()
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().call_later(grace, self._cancel_in_flight)
 
-    def _stop_shards(self) -> None:
-        for shard in self._shards:
-            shard.stop()
+    def _stop_runners(self) -> None:
+        for runner in self._runners:
+            runner.stop()
 
     def _cancel_in_flight(self) -> None:
         for task in list(self._tasks):
@@ -181,9 +182,9 @@ class Run:
                 self._pool = await CpuPool(images.process, cfg.image, self._workers).__aenter__()
             files = None if self._sink.keeps_bytes else FileSink(root)
             local = Fetcher(cfg, self.engine, files, share[0], self._pool)
-            self._shards = [local, *remote]
+            self._runners = [local, *remote]
             if self._stopping:  # stopped while starting
-                self._stop_shards()
+                self._stop_runners()
             flusher = asyncio.create_task(self._flush_periodically())
             async with self.engine:
                 await self._dispatch()
@@ -484,9 +485,9 @@ class Run:
         return Job(row, url, folder, stem)
 
     async def _handle(self, job: Job) -> None:
-        shard = self._shards[self._owners(job.host)]
+        runner = self._runners[self._owners(job.host)]
         try:
-            outcome = await shard.outcome(job)
+            outcome = await runner.outcome(job)
         except FATAL as exc:  # the disk is full, no worker can start: stop the run
             if self._fatal is None:
                 self._fatal = exc
