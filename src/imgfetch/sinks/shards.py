@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tarfile
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,13 +92,40 @@ def image_field(cfg: RunConfig) -> str:
     return {"png": "png", "webp": "webp"}.get(cfg.image.format, "jpg")
 
 
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+
+
 def tar_header(name: str, size: int, mtime: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = mtime
-    info.mode = 0o644
-    # PAX only when needed (a name over 100 bytes or not ASCII); plain ustar otherwise.
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    """The header block(s) of a regular file member: plain ustar, or PAX for a long or
+    non-ASCII name (what ``tarfile`` writes too; built by hand for the common case because
+    ``TarInfo.tobuf`` costs ~30 us a member, a tenth of a sample's whole cost)."""
+    if len(name) > 100 or not name.isascii() or size >= 0o77777777777:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mtime = mtime
+        info.mode = 0o644
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    block = bytearray(
+        _USTAR.pack(
+            name.encode("ascii"),
+            b"0000644\0",
+            b"0000000\0",
+            b"0000000\0",
+            b"%011o\0" % size,
+            b"%011o\0" % mtime,
+            b"        ",
+            tarfile.REGTYPE,
+            b"",
+            tarfile.POSIX_MAGIC,
+            b"",
+            b"",
+            b"",
+            b"",
+            b"",
+        )
+    )
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
 
 
 def tar_end(size: int) -> bytes:
