@@ -249,7 +249,7 @@ def test_every_engine_writes_the_same_shards(tmp_path: Path, fmt: str) -> None:
         urls = equivalence_urls(srv)
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(urls) + "\n")
-    runs = [(engine, {}) for engine in sorted(ENGINES)] + [("async", {"loops": 2})]
+    runs: list[tuple[str, dict[str, Any]]] = [(e, {}) for e in sorted(ENGINES)] + [("async", {"loops": 2})]
     results = {}
     for engine, extra in runs:
         name = engine + "".join(f"-{k}{v}" for k, v in extra.items())
