@@ -93,7 +93,7 @@ def start(listing: Path, out: Path, *args: str) -> subprocess.Popen[str]:
 
 def ledger_rows(out: Path) -> dict[int, tuple[str, str | None]]:
     """The ledger's rows (row -> status, reason); empty when no run got as far as creating it."""
-    if not ledgers.exists(out):
+    if not ledgers.exists(out / ledgers.LEDGER_DIR):
         return {}
     ledger = ledgers.Ledger(out, out / "manifest.jsonl")
     try:
