@@ -46,7 +46,7 @@ from imgfetch.records.ledger import Entry, Fingerprint, Ledger
 from imgfetch.records.manifest import read_manifest
 from imgfetch.runners import loops
 from imgfetch.runners.local import FATAL, Engine, Fetcher, Job, failed
-from imgfetch.sinks import make_sink
+from imgfetch.sinks import make_sink, shards
 from imgfetch.sinks.files import FATAL_ERRNOS, FileSink, root_layout
 from imgfetch.workers import CpuPool
 
@@ -252,7 +252,7 @@ class Run:
         imported = False
         if cfg.overwrite:
             old = Ledger(root, manifest, state) if existed else None
-            removed = sink.wipe(old) if old is not None else 0
+            removed = shards.wipe(root, state, old) if old is not None else 0
             include_root = not cfg.output.sharded and (
                 cfg.output.folder_size == 0 or (old is not None and root_layout(old))
             )

@@ -41,6 +41,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -48,6 +49,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
 
 SAMPLE_EVERY = 0.05
 IMGFETCH_ENGINES = ("async", "threads", "processes", "loop")
+#: imgfetch's ``--output-format`` values other than ``files``: each gets an ``imgfetch-async-FORMAT`` tool.
+SHARD_FORMATS = ("webdataset", "parquet")
 #: Files that tools write next to the images; everything else in an output folder must be an image.
 METADATA_SUFFIXES = frozenset({".json", ".jsonl", ".parquet", ".txt", ".sqlite", ".csv", ".log"})
 IMG2DATASET_SPEC = "img2dataset"
@@ -98,6 +102,8 @@ class Settings:
     with_img2dataset: bool
     keep_outputs: bool
     repeat: int = 1
+    #: ``--shard-size`` for the shard-format tools (None: imgfetch's default, 10,000 rows).
+    shard_size: int | None = None
     #: Longest wait for a disk in its slow state before a run (0: probe, say so, measure anyway).
     disk_wait: float = DISK_WAIT_S
 
@@ -134,6 +140,10 @@ class Result:
     peak_pss_mb: float | None = None
     #: The round-robin repetition this run belongs to (0-based): ratios pair runs of the same one.
     rep: int = 0
+    #: imgfetch's ``--output-format`` for imgfetch tools (``files`` for the others).
+    output_format: str = "files"
+    #: Shards the run wrote (shard formats only).
+    shards: int | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -386,13 +396,15 @@ def measure(cmd: Sequence[str], *, log: Path, cwd: Path | None = None) -> Measur
 
 
 # ---- checking outputs -------------------------------------------------------
-def _check_file(path: str, want: frozenset[str] | None) -> bool:
+def _check_bytes(data: bytes, want: frozenset[str] | None, sha256: str | None = None) -> bool:
+    """Whole image bytes: they decode (and are a corpus file when ``want``, and hash to ``sha256``)."""
     from PIL import Image
 
     try:
-        data = Path(path).read_bytes()
-        if want is not None and hashlib.sha256(data).hexdigest() not in want:
-            return False
+        if want is not None or sha256 is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            if (want is not None and digest not in want) or (sha256 is not None and digest != sha256):
+                return False
         with Image.open(io.BytesIO(data)) as img:
             # draft() decodes a JPEG at 1/8 scale: every byte of the stream is still parsed.
             img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
@@ -400,6 +412,14 @@ def _check_file(path: str, want: frozenset[str] | None) -> bool:
         return True
     except (OSError, ValueError, SyntaxError):
         return False
+
+
+def _check_file(path: str, want: frozenset[str] | None) -> bool:
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    return _check_bytes(data, want)
 
 
 def output_files(folder: Path) -> list[Path]:
@@ -417,6 +437,177 @@ def verify(folder: Path, want: frozenset[str] | None, pool: concurrent.futures.E
     return len(files), ok
 
 
+@dataclasses.dataclass
+class ShardCheck:
+    """What :func:`verify_shards` found in a shard-format output folder."""
+
+    #: Image samples in the shards: tar members ``{key}.jpg|png|webp``, or Parquet rows with an image.
+    samples: int = 0
+    #: Samples whose bytes decode, are a corpus file (W1) and hash to their record's ``sha256``,
+    #: counted once per input row.
+    valid: int = 0
+    #: Shard data files (``00000.tar`` / ``00000.parquet``).
+    shards: int = 0
+    #: Every disagreement found (between the shards, their records, stats and index, staging).
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+#: The image members of a webdataset sample (``shards.image_field``: the output format's, or jpg).
+_SAMPLE_IMAGES = frozenset({"jpg", "png", "webp"})
+#: Samples checked per task in the pool.
+_SPANS_PER_TASK = 64
+
+
+def _shard_files(folder: Path, suffix: str) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if re.fullmatch(rf"\d{{5,}}{re.escape(suffix)}", p.name))
+
+
+def _check_spans(
+    path: str, spans: Sequence[tuple[int, int, str | None, int]], want: frozenset[str] | None
+) -> list[int]:
+    """The rows of the samples at ``(offset, size, sha256, row)`` in ``path`` whose bytes are whole."""
+    good = []
+    with open(path, "rb") as fh:
+        for offset, size, sha, row in spans:
+            fh.seek(offset)
+            if _check_bytes(fh.read(size), want, sha):
+                good.append(row)
+    return good
+
+
+def _check_row_group(path: str, group: int, want: frozenset[str] | None) -> tuple[int, list[int], int]:
+    """One row group of a parquet shard: rows with an image, the rows whose image is whole,
+    and ok rows without an image."""
+    import pyarrow.parquet as pq
+
+    tbl = pq.ParquetFile(path).read_row_group(group, columns=["row", "status", "sha256", "image"])
+    rows, statuses, shas = (tbl.column(n).to_pylist() for n in ("row", "status", "sha256"))
+    images = tbl.column("image").combine_chunks()
+    data = images.field("bytes")
+    samples, good, missing = 0, [], 0
+    for i in range(len(tbl)):
+        if images[i].is_valid and data[i].is_valid:
+            samples += 1
+            if statuses[i] == "ok" and _check_bytes(data[i].as_py(), want, shas[i]):
+                good.append(rows[i])
+        elif statuses[i] == "ok":
+            missing += 1
+    return samples, good, missing
+
+
+def _tar_samples(path: Path, check: ShardCheck) -> list[tuple[int, int, str | None, int]]:
+    """The image samples of one webdataset tar as ``(offset, size, sha256, row)``, from its headers
+    and JSON members; disagreements with the JSON and the tar's records go to ``check.problems``."""
+    import pyarrow.parquet as pq
+
+    metas: dict[str, dict[str, Any]] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext == "json":
+                fh = tar.extractfile(member)
+                metas[key] = json.loads(fh.read()) if fh is not None else {}
+            elif ext in _SAMPLE_IMAGES:
+                spans[key] = (member.offset_data, member.size)
+    orphans = len(spans.keys() - metas.keys())
+    if orphans:
+        check.problems.append(f"{path.name}: {orphans} images without their JSON")
+    bad = sum(1 for k in spans if metas.get(k, {}).get("status") != "ok")
+    if bad:
+        check.problems.append(f"{path.name}: {bad} images whose JSON is not status ok")
+    records = path.with_suffix(".parquet")
+    try:
+        ok_rows = pq.read_table(records, columns=["status"]).column("status").to_pylist().count("ok")
+    except (OSError, ValueError) as exc:
+        check.problems.append(f"{records.name}: unreadable ({exc})")
+    else:
+        if ok_rows != len(spans):
+            check.problems.append(f"{records.name}: {ok_rows} ok rows, {len(spans)} samples in the tar")
+    out = []
+    for key, (offset, size) in spans.items():
+        meta = metas.get(key, {})
+        out.append((offset, size, meta.get("sha256"), int(meta.get("row", -1))))
+    return out
+
+
+def verify_shards(
+    folder: Path, fmt: str, want: frozenset[str] | None, pool: concurrent.futures.Executor
+) -> ShardCheck:
+    """Check a ``--output-format webdataset|parquet`` folder sample by sample.
+
+    webdataset: every ``{key}.<image>`` member of every ``NNNNN.tar`` must have its
+    ``{key}.json`` with status ok, and its bytes must decode, be a corpus file (W1)
+    and hash to the JSON's ``sha256``; the tar's ``NNNNN.parquet`` must list as many
+    ok rows.  parquet: every row of every ``NNNNN.parquet`` with a non-null ``image``
+    is checked the same way, and an ok row without an image is a problem.  Both:
+    each shard's ``_stats.json`` successes and ``shards.json``'s ``nsamples`` must
+    match what the shard holds, and staging (``.imgfetch/staging``) must be empty.
+    ``valid`` counts input rows once, so a row held twice is not counted twice.
+    """
+    import pyarrow.parquet as pq
+
+    check = ShardCheck()
+    good: list[int] = []
+    per_shard: dict[str, int] = {}
+    if fmt == "webdataset":
+        tars = _shard_files(folder, ".tar")
+        futures: list[concurrent.futures.Future[list[int]]] = []
+        for path in tars:
+            work = _tar_samples(path, check)
+            per_shard[path.name] = len(work)
+            for i in range(0, len(work), _SPANS_PER_TASK):
+                futures.append(pool.submit(_check_spans, str(path), work[i : i + _SPANS_PER_TASK], want))
+        for fut in futures:
+            good += fut.result()
+    elif fmt == "parquet":
+        jobs: dict[tuple[str, int], concurrent.futures.Future[tuple[int, list[int], int]]] = {}
+        for path in _shard_files(folder, ".parquet"):
+            per_shard[path.name] = 0
+            for group in range(pq.ParquetFile(path).metadata.num_row_groups):
+                jobs[(path.name, group)] = pool.submit(_check_row_group, str(path), group, want)
+        for (name, _group), job in jobs.items():
+            samples, rows, missing = job.result()
+            per_shard[name] += samples
+            good += rows
+            if missing:
+                check.problems.append(f"{name}: {missing} ok rows without an image")
+    else:
+        raise ValueError(f"not a shard format: {fmt!r}")
+    check.shards = len(per_shard)
+    check.samples = sum(per_shard.values())
+    check.valid = len(set(good))
+    if check.valid < len(good):
+        check.problems.append(f"{len(good) - check.valid} rows held by more than one sample")
+    _check_shard_records(folder, per_shard, check)
+    return check
+
+
+def _check_shard_records(folder: Path, per_shard: dict[str, int], check: ShardCheck) -> None:
+    """The stats files and ``shards.json`` agree with the samples counted; staging is empty."""
+    for name, samples in sorted(per_shard.items()):
+        stats = folder / (name.split(".", 1)[0] + "_stats.json")
+        try:
+            successes = json.loads(stats.read_text())["successes"]
+        except (OSError, ValueError, KeyError):
+            check.problems.append(f"{stats.name}: missing or unreadable")
+            continue
+        if successes != samples:
+            check.problems.append(f"{stats.name}: {successes} successes, {samples} samples")
+    try:
+        index = json.loads((folder / "shards.json").read_text())
+        listed = {s["url"]: s["nsamples"] for s in index["shardlist"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        check.problems.append("shards.json: missing or unreadable")
+    else:
+        if listed != per_shard:
+            check.problems.append(f"shards.json lists {sum(listed.values())} samples in {len(listed)} shards")
+    staging = folder / ".imgfetch" / "staging"
+    left = list(staging.iterdir()) if staging.is_dir() else []
+    if left:
+        check.problems.append(f"{len(left)} files left in {staging}")
+
+
 # ---- the tools -------------------------------------------------------------
 @dataclasses.dataclass
 class Context:
@@ -432,17 +623,37 @@ class Tool:
     build: Callable[[Context, Workload, list[str], Path], list[str] | str]
     resizes: bool = True
     max_urls: Callable[[Settings], int] | None = None
+    #: imgfetch's ``--output-format`` (what :func:`verify_shards` checks when not ``files``).
+    output_format: str = "files"
+    #: The tool this one is compared with, same engine writing ``files`` (shard formats only).
+    files_twin: str | None = None
 
 
-def _imgfetch(engine: str) -> Callable[[Context, Workload, list[str], Path], list[str] | str]:
+def _imgfetch(
+    engine: str, output_format: str = "files"
+) -> Callable[[Context, Workload, list[str], Path], list[str] | str]:
     def build(ctx: Context, wl: Workload, urls: list[str], out: Path) -> list[str]:
         listing = _write_list(ctx, urls)
         cmd = [sys.executable, "-m", "imgfetch", str(listing), "-o", str(out), "-q", "--engine", engine]
+        if output_format != "files":
+            cmd += ["--output-format", output_format]
+            if ctx.settings.shard_size is not None:
+                cmd += ["--shard-size", str(ctx.settings.shard_size)]
         if wl.size is not None:
             cmd += ["--size", str(wl.size)]
         return cmd
 
     return build
+
+
+def _shard_tool(engine: str, output_format: str) -> Tool:
+    """``imgfetch-ENGINE-FORMAT``: the engine writing shards, compared with ``imgfetch-ENGINE`` (files)."""
+    return Tool(
+        f"imgfetch-{engine}-{output_format}",
+        _imgfetch(engine, output_format),
+        output_format=output_format,
+        files_twin=f"imgfetch-{engine}",
+    )
 
 
 def _write_list(ctx: Context, urls: list[str]) -> Path:
@@ -541,12 +752,14 @@ TOOLS: dict[str, Tool] = {
     "imgfetch-processes": Tool("imgfetch-processes", _imgfetch("processes")),
     # One request at a time: a prefix of the list measures its (latency-bound) rate well enough.
     "imgfetch-loop": Tool("imgfetch-loop", _imgfetch("loop"), max_urls=lambda s: s.loop_urls),
+    # The async engine in the shard formats, against imgfetch-async writing files.
+    **{t.name: t for t in (_shard_tool("async", fmt) for fmt in SHARD_FORMATS)},
     "classic": Tool("classic", _classic),
     "curl": Tool("curl", _curl, resizes=False),
     "aria2c": Tool("aria2c", _aria2c, resizes=False),
     "img2dataset": Tool("img2dataset", _img2dataset),
 }
-QUICK_TOOLS = ("imgfetch-async", "classic")
+QUICK_TOOLS = ("imgfetch-async", *(f"imgfetch-async-{fmt}" for fmt in SHARD_FORMATS), "classic")
 
 
 def ensure_img2dataset(cache: Path, log: Callable[[str], None]) -> Path:
@@ -649,16 +862,19 @@ def best(runs: Sequence[Result]) -> Result:
 
 @dataclasses.dataclass(frozen=True)
 class Ratio:
-    """An imgfetch tool's images/s over another tool's (a peer, or the processing ceiling)."""
+    """An imgfetch tool's images/s over another tool's (a peer, or the processing ceiling); for a
+    shard format against its files twin also CPU per image over CPU per image (``metric``)."""
 
     workload: str
     tool: str
     against: str
-    #: the best run of each (what the table shows).
+    #: the best run of each (what the table shows; for CPU the lowest of each).
     best: float
     #: run against run within each repetition both ran in, in order; the VM's speed drifts
     #: during a bench, so these pair runs made under the same conditions.
     same_repetition: tuple[float, ...]
+    #: :data:`SPEED` (images/s) or :data:`CPU` (CPU s / 1000 images).
+    metric: str = "images/s"
 
     @property
     def median(self) -> float:
@@ -670,6 +886,16 @@ class Ratio:
 
     def each(self) -> str:
         return " / ".join(self.text(v) for v in self.same_repetition)
+
+
+SPEED = "images/s"
+CPU = "CPU s / 1000"
+
+
+def files_twin(tool: str) -> str | None:
+    """The tool a shard-format tool is compared with: the same engine writing files."""
+    known = TOOLS.get(tool)
+    return None if known is None else known.files_twin
 
 
 def ratios(runs: Sequence[Result]) -> list[Ratio]:
@@ -694,22 +920,81 @@ def ratios(runs: Sequence[Result]) -> list[Ratio]:
     return out
 
 
+def format_ratios(runs: Sequence[Result]) -> list[Ratio]:
+    """Each shard-format tool against its files twin among one workload's ``runs``: images/s
+    (the best run of each) and CPU per image (the lowest of each), and both run against run
+    within each repetition (the issue's targets: at least as fast, no more CPU per image)."""
+    by_tool: dict[str, list[Result]] = {}
+    for r in runs:
+        if r.valid > 0 and r.wall_s > 0:
+            by_tool.setdefault(r.tool, []).append(r)
+    out = []
+    for tool, mine in by_tool.items():
+        twin = files_twin(tool)
+        if twin is None or twin not in by_tool:
+            continue
+        theirs = by_tool[twin]
+        reps = {r.rep: r for r in theirs}
+        wl = mine[0].workload
+        speed = tuple(m.images_per_s / reps[m.rep].images_per_s for m in mine if m.rep in reps)
+        top = max(m.images_per_s for m in mine) / max(t.images_per_s for t in theirs)
+        out.append(Ratio(wl, tool, twin, top, speed, SPEED))
+        cpu = tuple(m.cpu_per_1000 / reps[m.rep].cpu_per_1000 for m in mine if m.rep in reps)
+        low = min(m.cpu_per_1000 for m in mine) / min(t.cpu_per_1000 for t in theirs)
+        out.append(Ratio(wl, tool, twin, low, cpu, CPU))
+    return out
+
+
 def ratio_lines(found: Sequence[Ratio]) -> list[str]:
     return [
-        f"{r.tool} vs {r.against}: {r.text(r.best)} best vs best; same repetition: median {r.text(r.median)}"
-        f" ({r.each()})"
+        f"{r.tool} vs {r.against}{'' if r.metric == SPEED else f' ({r.metric})'}: {r.text(r.best)}"
+        f" best vs best; same repetition: median {r.text(r.median)} ({r.each()})"
         for r in found
     ]
 
 
-def ratio_table(found: Sequence[Ratio]) -> str:
+def ratio_table(found: Sequence[Ratio], *, metric: bool = False) -> str:
+    """The ratios as Markdown; ``metric`` adds a column saying what each one divides."""
+    what = "| what " if metric else ""
     lines = [
-        "| imgfetch | against | best vs best | same repetition: median | each repetition |",
-        "|---|---|---|---|---|",
+        f"| imgfetch | against {what}| best vs best | same repetition: median | each repetition |",
+        "|---|---|---|---|---|" + ("---|" if metric else ""),
     ]
-    lines += [
-        f"| {r.tool} | {r.against} | {r.text(r.best)} | {r.text(r.median)} | {r.each()} |" for r in found
+    for r in found:
+        col = f"| {r.metric} " if metric else ""
+        lines.append(f"| {r.tool} | {r.against} {col}| {r.text(r.best)} | {r.text(r.median)} | {r.each()} |")
+    return "\n".join(lines)
+
+
+def format_table(runs: Sequence[dict[str, Any]], workload: str) -> str:
+    """Every repetition of each shard-format tool and of its files twin: images/s, CPU s / 1000
+    images and peak RSS (as ``results.json``'s ``runs``), with the best (lowest CPU, highest RSS)."""
+    mine = [r for r in runs if r["workload"] == workload]
+    shard_tools = [t for t in dict.fromkeys(r["tool"] for r in mine) if files_twin(t)]
+    if not shard_tools:
+        return ""
+    tools = list(dict.fromkeys([*(files_twin(t) for t in shard_tools), *shard_tools]))
+    lines = [
+        "| tool | output format | shards | images/s, each repetition | best | CPU s / 1000, each"
+        " | lowest | peak RSS MB, each | highest | valid, each |",
+        "|" + "---|" * 10,
     ]
+    for tool in tools:
+        rows = [r for r in mine if r["tool"] == tool]
+        if not rows:
+            continue
+        speed = [r["images_per_s"] for r in rows]
+        valid = " / ".join(f"{r['valid']}/{r['urls']}" for r in rows)
+        cpu = [r["cpu_s_per_1000"] for r in rows if r["cpu_s_per_1000"] is not None]
+        rss = [r["peak_rss_mb"] for r in rows]
+        shards = sorted({r["shards"] for r in rows if r.get("shards") is not None})
+        lines.append(
+            f"| {tool} | {rows[0].get('output_format', 'files')} | {'/'.join(map(str, shards)) or '-'}"
+            f" | {' / '.join(f'{v:.0f}' for v in speed)} | **{max(speed):.0f}**"
+            f" | {' / '.join(f'{v:.2f}' for v in cpu)} | **{min(cpu, default=float('nan')):.2f}**"
+            f" | {' / '.join(f'{v:.0f}' for v in rss)} | {max(rss):.0f}"
+            f" | {valid} |"
+        )
     return "\n".join(lines)
 
 
@@ -777,15 +1062,27 @@ class Bench:
             server_after = srv.cpu_seconds()
         stats = self._last_stats
         want = frozenset(e["sha256"] for e in self.entries) if wl.size is None else None
-        files, valid = verify(out, want, pool) if out.exists() else (0, 0)
+        shards: ShardCheck | None = None
+        if not out.exists():
+            files, valid = 0, 0
+        elif tool.output_format == "files":
+            files, valid = verify(out, want, pool)
+        else:
+            shards = verify_shards(out, tool.output_format, want, pool)
+            files, valid = shards.samples, shards.valid
         if not self.s.keep_outputs:
             self._discard(out)
         peak_host = max(stats.get("peak", {}).values(), default=None)
-        note = f"exit {m.returncode}; see {ctx.work / f'{wl.name}-{name}.log'}" if m.returncode else ""
+        notes = [f"exit {m.returncode}; see {ctx.work / f'{wl.name}-{name}.log'}"] if m.returncode else []
+        if shards is not None:
+            notes += shards.problems
         res = Result(
             wl.name, name, count, m.wall_s, m.cpu_s, m.peak_rss / 1e6, files, valid, m.returncode,
-            stats.get("requests"), peak_host, note,
+            stats.get("requests"), peak_host, "; ".join(notes),
         )  # fmt: skip
+        res.output_format = tool.output_format
+        if shards is not None:
+            res.shards = shards.shards
         if server_before is not None and server_after is not None:
             res.server_cpu_s = server_after - server_before
         if m.peak_pss:
@@ -793,6 +1090,8 @@ class Bench:
         self.log(
             f"  {name}: {res.images_per_s:.0f} images/s, {res.cpu_per_1000:.2f} CPU s/1000,"
             f" {res.peak_rss_mb:.0f} MB, {valid}/{count} valid"
+            + (f" in {res.shards} shards" if res.shards is not None else "")
+            + (f" ({res.note})" if res.note else "")
         )
         self.runs.append(res)
         return res
@@ -855,7 +1154,8 @@ class Bench:
                         runs.setdefault(ceiling.tool, []).append(ceiling)
                         self.runs.append(ceiling)
                 self.results += [best(r) for r in runs.values()]
-                found = ratios([r for rs in runs.values() for r in rs])
+                every = [r for rs in runs.values() for r in rs]
+                found = ratios(every) + format_ratios(every)
                 self.ratios += found
                 for line in ratio_lines(found):
                     self.log(f"  {line}")
@@ -1012,13 +1312,27 @@ def markdown(report: dict[str, Any], results: Sequence[Result], found: Sequence[
         t = table(results, wl)
         if t:
             parts += ["", f"## {title}", "", t]
-            mine = [r for r in found if r.workload == wl]
+            mine = [r for r in found if r.workload == wl and r.against != files_twin(r.tool)]
             if mine:
                 parts += [
                     "",
                     "Ratios of images/s: the best run of each, and run against run within each repetition.",
                     "",
                     ratio_table(mine),
+                ]
+            formats = format_table(report.get("runs", []), wl)
+            if formats:
+                twins = [r for r in found if r.workload == wl and r.against == files_twin(r.tool)]
+                parts += [
+                    "",
+                    f"### {wl}: output formats against files",
+                    "",
+                    formats,
+                    "",
+                    "Shard format over files: images/s (best run of each) and CPU s / 1000 images"
+                    " (lowest run of each), and run against run within each repetition.",
+                    "",
+                    ratio_table(twins, metric=True),
                 ]
     for key, label in (
         ("latency", "latency_s"),
@@ -1100,6 +1414,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     ap.add_argument("--scaling-urls", type=int, default=2000)
     ap.add_argument("--tools", help=f"comma-separated subset of: {', '.join(TOOLS)}")
+    ap.add_argument(
+        "--shard-size",
+        type=int,
+        help="--shard-size of the shard-format tools (imgfetch-async-webdataset, imgfetch-async-parquet;"
+        " default: imgfetch's, 10000)",
+    )
     ap.add_argument("--workloads", default="W1,W2", help="default: W1,W2")
     ap.add_argument("--keep-outputs", action="store_true", help="keep each tool's downloaded files")
     ap.add_argument(
@@ -1129,6 +1449,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tools = (*tools, "img2dataset")
     if not args.with_img2dataset:
         tools = tuple(t for t in tools if t != "img2dataset")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise SystemExit("imgfetch: error[bad-option]: --shard-size must be at least 1")
     workloads = tuple(w.strip().upper() for w in args.workloads.split(",") if w.strip())
     if not set(workloads) <= {"W1", "W2"}:
         raise SystemExit("imgfetch: error[bad-option]: --workloads takes W1, W2 or both")
@@ -1152,6 +1474,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         with_img2dataset=args.with_img2dataset,
         keep_outputs=args.keep_outputs,
         repeat=max(1, args.repeat),
+        shard_size=args.shard_size,
         disk_wait=max(0.0, args.disk_wait if args.disk_wait is not None else 0.0 if quick else DISK_WAIT_S),
     )
 

@@ -594,17 +594,28 @@ def _delete(root: Path, folder: str, names: Iterable[str]) -> int:
 def wipe(root: Path, manifest: Path, ledger: Ledger | None, *, include_root: bool) -> int:
     """``--overwrite``: delete what the previous run in ``root`` made; returns the files deleted.
 
-    With the previous run's ``ledger`` (closed here): every file it records,
-    the leftovers :func:`reconcile` would delete, numbered folders left empty,
-    and the ledger itself.  Always: the manifest and ``summary.json``.  Nothing
-    else: a file imgfetch did not write stays.
+    With the previous run's ``ledger`` (closed here): every file it records
+    (and the ``.txt`` / ``.json`` sidecars beside them when that run wrote
+    them: ``--caption-col``, ``--write-metadata``), the leftovers
+    :func:`reconcile` would delete, numbered folders left empty, and the ledger
+    itself.  Always: the manifest and ``summary.json``.  Nothing else: a file
+    imgfetch did not write stays.
     """
     removed = 0
     if ledger is not None:
         try:
+            old = ledger.get_json("options")
+            sidecars = [
+                suffix
+                for option, suffix in (("caption-col", ".txt"), ("write-metadata", ".json"))
+                if isinstance(old, dict) and old.get(option)
+            ]
             removed += reconcile(ledger, include_root=include_root).removed
             for folder in list(ledger.folders()):
-                removed += _delete(root, folder, ledger.names_in(folder))
+                names = ledger.names_in(folder)
+                removed += _delete(root, folder, names)
+                stems = {name.rpartition(".")[0] or name for name in names}
+                removed += _delete(root, folder, [stem + s for stem in stems for s in sidecars])
         finally:
             ledger.close()
         for folder in _numbered_folders(root):

@@ -150,6 +150,7 @@ def stats(
     started: float,
     ended: float,
     filesize: int,
+    files: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The ``{shard}_stats.json`` of a committed shard (written last: its presence marks the commit).
 
@@ -179,6 +180,7 @@ def stats(
         "reasons": dict(reasons.most_common()),
         "bytes": nbytes,
         "filesize": filesize,
+        "files": list(files),
         "start_time": started,
         "end_time": ended,
         "duration": round(ended - started, 3),

@@ -7,7 +7,8 @@ done by an earlier run, ``add(outcome)`` as each row's outcome is recorded
 (before the ledger commits it), ``ready()`` for shards that are complete,
 ``commit(shard, ledger)`` after the ledger holds all their rows,
 ``end_of_input(rows)`` and, when the run got to the end, ``finish()``, then
-``close()``.  ``wipe(ledger)`` serves ``--overwrite``.
+``close()``.  ``--overwrite`` follows what the *previous* run wrote, whatever its
+format, so it is not a sink's job (``records.ledger.wipe``, ``sinks.shards.wipe``).
 
 ``keeps_bytes`` says where an image's bytes are stored: ``False`` (files), the
 fetcher writes each file itself, in whichever process fetched it; ``True``
@@ -52,7 +53,6 @@ class Sink(Protocol):
     def finish(self) -> list[int]: ...
     async def commit(self, shard: int, ledger: Ledger) -> None: ...
     def close(self) -> None: ...
-    def wipe(self, ledger: Ledger) -> int: ...
 
 
 class SinkFactory(Protocol):

@@ -201,9 +201,6 @@ class FilesOutput:
     def close(self) -> None:
         pass
 
-    def wipe(self, ledger: Ledger) -> int:
-        return 0  # the ledger's wipe deletes the files it records
-
 
 def root_layout(ledger: Ledger) -> bool:
     """True when the ledger's last run wrote images straight into the output folder."""

@@ -189,6 +189,9 @@ class ShardSink:
         self._counts: dict[int, int] = {}
         self._patch: int | None = None
         self._patch_rows = 0
+        #: Keys taken in the open patch shard (casefolded): with ``--key name`` rows from several
+        #: base shards meet there, and names are unique only within their base shard.
+        self._patch_keys: set[str] = set()
         self._next_free = 0
         self._total: int | None = None
         self._ready: list[int] = []
@@ -224,15 +227,20 @@ class ShardSink:
                 self._recover(ledger, state)
                 if state.kind == "patch":
                     self._patch = state.shard
-                    self._patch_rows = len(ledger.shard_lines(state.shard))
+                    lines = ledger.shard_lines(state.shard)
+                    self._patch_rows = len(lines)
+                    self._patch_keys = {_fold(json.loads(line).get("key") or "") for line in lines}
             elif state.state == "sealed":
                 self._publish(state.shard)
                 self._committed(ledger, state)
         # Staging files of no open shard: a sealed shard's leftovers, or a log the ledger never heard of.
-        for entry in os.scandir(self.staging):
-            if entry.name not in known_logs and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+        with os.scandir(self.staging) as entries:
+            leftovers = [
+                e.path for e in entries if e.name not in known_logs and e.is_file(follow_symlinks=False)
+            ]
+        for path in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         self._files.remove_temporaries()
         top = max(self._shards, default=-1)
         self._next_free = max(top, ledger.max_row() // self.size) + 1
@@ -247,13 +255,14 @@ class ShardSink:
                 self._next_free = max(self._next_free, -(-bound // self.size))
 
     def _refuse_foreign(self) -> None:
-        ours = {name for s in self._shards.values() if s.state != "open" for name in self.files(s.shard)}
-        for entry in os.scandir(self.root):
-            if _SHARD_FILE.match(entry.name) and entry.name not in ours:
-                raise OutputError(
-                    f"'{entry.path}' is a shard file that no imgfetch run recorded in this state folder",
-                    hint="move it away or use another -o/--out: imgfetch replaces nothing it did not write",
-                )
+        ours = {name for s in self._shards.values() if s.state != "open" for name in shard_files(s.shard)}
+        with os.scandir(self.root) as entries:
+            foreign = [e.path for e in entries if _SHARD_FILE.match(e.name) and e.name not in ours]
+        if foreign:
+            raise OutputError(
+                f"'{foreign[0]}' is a shard file that no imgfetch run recorded in this state folder",
+                hint="move it away or use another -o/--out: imgfetch replaces nothing it did not write",
+            )
 
     def _recover(self, ledger: Ledger, state: ShardState) -> None:
         """Cut an open shard's log back to the samples the ledger knows; forget samples it lost."""
@@ -318,6 +327,7 @@ class ShardSink:
             self._patch = self._next_free
             self._next_free += 1
             self._patch_rows = 0
+            self._patch_keys = set()
             self._start(self._patch, "patch")
         return self._patch
 
@@ -341,6 +351,8 @@ class ShardSink:
         if outcome.key is None and self.cfg.output.key == "index":
             # Failures carry their key too (a name key exists only once a sample does).
             outcome = dataclasses.replace(outcome, key=self.key(outcome.row, None))
+        if not own and outcome.key is not None:
+            outcome = dataclasses.replace(outcome, key=self._patch_key(outcome.key))
         end: int | None = None
         if outcome.status is Status.OK and outcome.payload is not None:
             record = dataclasses.replace(outcome, payload=None, shard=name)
@@ -361,6 +373,15 @@ class ShardSink:
                 self._mark_ready(shard)
                 self._patch = None
         return Placed(record, shard, end)
+
+    def _patch_key(self, key: str) -> str:
+        """``key``, or ``key-N`` when another row of the open patch shard has it already."""
+        candidate, n = key, 0
+        while _fold(candidate) in self._patch_keys:
+            n += 1
+            candidate = f"{key}-{n}"
+        self._patch_keys.add(_fold(candidate))
+        return candidate
 
     def _sample(self, record: Outcome, data: bytes, at: int) -> tuple[list[bytes], int]:
         """The tar members of one sample, and the offset of the image's bytes in the log."""
@@ -427,8 +448,9 @@ class ShardSink:
         samples = self.staging / (base + SAMPLES)
         records = [json.loads(line) for line in lines]
         filesize = self.build(base, samples, records)
+        built = [name for name in self.data_files(base) if (self.staging / name).exists()]
         ended = time.time()
-        stats = shard_records.stats(base, kind, records, started, ended, filesize)
+        stats = shard_records.stats(base, kind, records, started, ended, filesize, built)
         _write_durably(self.staging / (base + STATS), json.dumps(stats, indent=2).encode("utf-8"))
         return stats
 
@@ -437,8 +459,19 @@ class ShardSink:
         raise NotImplementedError
 
     def _publish(self, shard: int) -> None:
-        """Move a sealed shard's files from staging into the output, the stats file last."""
-        for name in self.files(shard):
+        """Move a sealed shard's files from staging into the output, the stats file last.
+
+        The stats file in staging lists the files sealing built (a webdataset shard
+        with no sample has no tar); once it is in the output, everything is.
+        """
+        stats = self.staging / (shard_name(shard) + STATS)
+        try:
+            built = list(json.loads(stats.read_text(encoding="utf-8"))["files"])
+        except FileNotFoundError:
+            return  # published before an interruption
+        except (ValueError, KeyError, TypeError):
+            built = list(self.data_files(shard_name(shard)))
+        for name in [*built, stats.name]:
             source = self.staging / name
             target = self.root / name
             if not source.exists():
@@ -460,7 +493,9 @@ class ShardSink:
 
     def write_index(self) -> None:
         """``shards.json``: the committed shards in wids' shard-index form (url, nsamples, filesize)."""
-        committed = [s for s in sorted(self._shards.values()) if s.state == "committed"]
+        # A shard without a data file (a webdataset shard whose rows all failed) is left out:
+        # Hugging Face's loader cannot infer features from an empty first tar.
+        committed = [s for s in sorted(self._shards.values()) if s.state == "committed" and s.filesize]
         if not committed and not (self.root / SHARD_INDEX).exists():
             return
         index = shard_records.shard_index(
@@ -469,18 +504,31 @@ class ShardSink:
         )
         self._files.write("", SHARD_INDEX, json.dumps(index, indent=1).encode("utf-8"))
 
-    def wipe(self, ledger: Ledger) -> int:
-        """``--overwrite``: delete the shard files ``ledger`` records and the staging folder."""
-        removed = 0
-        for state in ledger.shards():
-            for name in self.files(state.shard):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.root / name).unlink()
-                    removed += 1
-        shutil.rmtree(self.staging, ignore_errors=True)
+
+def _fold(key: str) -> str:
+    return key.casefold()
+
+
+def shard_files(shard: int) -> tuple[str, ...]:
+    """Every name a shard of any format may be published under (what ``--overwrite`` deletes)."""
+    base = shard_name(shard)
+    return (base + ".tar", base + ".parquet", base + STATS)
+
+
+def wipe(root: Path, state: Path, ledger: Ledger) -> int:
+    """``--overwrite``: delete the shards ``ledger`` records, whatever format wrote them, the
+    staging folder and the shard index; returns the files deleted.  Nothing else."""
+    removed = 0
+    for shard in ledger.shards():
+        for name in shard_files(shard.shard):
+            with contextlib.suppress(FileNotFoundError):
+                (root / name).unlink()
+                removed += 1
+    shutil.rmtree(state / STAGING, ignore_errors=True)
+    if ledger.shards():
         with contextlib.suppress(FileNotFoundError):
-            (self.root / SHARD_INDEX).unlink()
-        return removed
+            (root / SHARD_INDEX).unlink()
+    return removed
 
 
 def _write_durably(path: Path, data: bytes) -> None:

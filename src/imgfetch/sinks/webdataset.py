@@ -47,6 +47,12 @@ class WebDatasetSink(ShardSink):
         return (base + ".tar", base + ".parquet")
 
     def build(self, base: str, samples: Path, records: list[dict[str, Any]]) -> int:
-        size = close_tar(samples, self.staging / (base + ".tar"))
+        # A shard whose rows all failed gets no tar (an empty first tar breaks Hugging Face's
+        # feature inference): only its per-row records and stats.
+        if not samples.exists() or samples.stat().st_size == 0:
+            samples.unlink(missing_ok=True)
+            size = 0
+        else:
+            size = close_tar(samples, self.staging / (base + ".tar"))
         pq.write_table(shard_records.table(records), self.staging / (base + ".parquet"))
         return size
