@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from imgfetch.naming import EXTENSIONS, UNKNOWN_EXTENSION
 from imgfetch.records import shard_records
-from imgfetch.sinks.shards import ShardSink
+from imgfetch.sinks.shards import SEALING_LOG, ShardSink
 from imgfetch.sinks.webdataset import close_tar
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class ParquetSink(ShardSink):
         return (base + ".parquet",)
 
     def build(self, base: str, samples: Path, records: list[dict[str, Any]]) -> int:
-        log = self.staging / (base + ".log.tar")
+        log = self.staging / (base + SEALING_LOG)  # kept until the shard is committed
         close_tar(samples, log)
         target = self.staging / (base + ".parquet")
         suffix = "." + self._field
@@ -80,7 +80,6 @@ class ParquetSink(ShardSink):
             finally:
                 if writer is not None:
                     writer.close()
-        log.unlink()
         return target.stat().st_size
 
 

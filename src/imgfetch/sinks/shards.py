@@ -58,6 +58,8 @@ log = logging.getLogger("imgfetch")
 
 STAGING = "staging"
 SAMPLES = ".samples"
+#: The parquet format's sample log once sealing has closed it as a tar (kept until committed).
+SEALING_LOG = ".log.tar"
 STATS = "_stats.json"
 SHARD_INDEX = "shards.json"
 #: Digits of a shard number in names and keys (more when a run has over 99,999 shards).
@@ -266,7 +268,15 @@ class ShardSink:
 
     def _recover(self, ledger: Ledger, state: ShardState) -> None:
         """Cut an open shard's log back to the samples the ledger knows; forget samples it lost."""
-        path = self.staging / (shard_name(state.shard) + SAMPLES)
+        base = shard_name(state.shard)
+        path = self.staging / (base + SAMPLES)
+        if not path.exists():
+            # Killed while sealing, before the ledger said "sealed": sealing had closed the log as
+            # a tar (and renamed it); take it back as the log, the cut below drops the end blocks.
+            for name in (base + ".tar", base + SEALING_LOG):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.staging / name, path)
+                    break
         try:
             size = os.lstat(path).st_size
         except FileNotFoundError:
@@ -428,8 +438,9 @@ class ShardSink:
 
     def _committed(self, ledger: Ledger, state: ShardState) -> None:
         base = shard_name(state.shard)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.staging / (base + SAMPLES))
+        for leftover in (SAMPLES, SEALING_LOG):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.staging / (base + leftover))
         try:
             stats = json.loads((self.root / (base + STATS)).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -468,7 +479,13 @@ class ShardSink:
         try:
             built = list(json.loads(stats.read_text(encoding="utf-8"))["files"])
         except FileNotFoundError:
-            return  # published before an interruption
+            if (self.root / stats.name).exists():
+                return  # published before an interruption
+            raise OutputError(
+                f"shard {shard_name(shard)} is sealed but its stats file is in neither "
+                f"'{self.staging}' nor '{self.root}'",
+                hint="use --overwrite to start afresh",
+            ) from None
         except (ValueError, KeyError, TypeError):
             built = list(self.data_files(shard_name(shard)))
         for name in [*built, stats.name]:
