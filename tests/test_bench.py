@@ -15,13 +15,22 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import imgfetch
+from conftest import FAST
 from imgfetch.bench import harness as bench
+
+if TYPE_CHECKING:
+    from imgfetch.bench.server import ImageServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +63,125 @@ def test_verify_counts_only_whole_images_and_for_w1_only_corpus_bytes(tmp_path: 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         assert bench.verify(tmp_path, None, pool) == (3, 2)  # the cut JPEG does not decode
         assert bench.verify(tmp_path, want, pool) == (3, 1)  # b.jpg is not a corpus file
+
+
+def _shard_output(tmp_path: Path, server: ImageServer, images: dict[str, bytes], fmt: str) -> Path:
+    """Eight rows (seven images, one 404) in shards of three: 00000, 00001 full, 00002 two rows."""
+    names = sorted(images)
+    urls = [server.url(f"img/{names[i % len(names)]}?k=bench-{fmt}-{i}", i % 3) for i in range(7)]
+    urls.insert(4, server.url(f"_/status/404?k=bench-{fmt}", 0))
+    listing = tmp_path / f"{fmt}.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    out = tmp_path / f"out-{fmt}"
+    imgfetch.download(listing, out, **FAST, output_format=fmt, shard_size=3)
+    return out
+
+
+@pytest.mark.parametrize("fmt", bench.SHARD_FORMATS)
+def test_verify_shards_checks_every_sample_against_its_record(
+    tmp_path: Path, server: ImageServer, images: dict[str, bytes], fmt: str
+) -> None:
+    out = _shard_output(tmp_path, server, images, fmt)
+    want = frozenset(hashlib.sha256(b).hexdigest() for b in images.values())
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        check = bench.verify_shards(out, fmt, want, pool)
+        assert (check.samples, check.valid, check.shards, check.problems) == (7, 7, 3, [])
+        # W1 wants the corpus's bytes: samples that are not are counted, not valid
+        assert bench.verify_shards(out, fmt, frozenset(), pool).valid == 0
+        assert bench.verify_shards(out, fmt, None, pool).valid == 7  # W2: they need only decode
+
+        if fmt == "webdataset":  # one image's bytes damaged in place: it no longer hashes to its JSON
+            with tarfile.open(out / "00001.tar") as tar:
+                member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+            with open(out / "00001.tar", "r+b") as fh:
+                fh.seek(member.offset_data + member.size // 2)
+                fh.write(b"\xff\x00\xff\x00")
+            check = bench.verify_shards(out, fmt, None, pool)
+            assert (check.samples, check.valid) == (7, 6)
+        # the records must agree with the samples, and nothing may stay in staging
+        (out / "00002_stats.json").unlink()
+        (out / ".imgfetch" / "staging" / "00009.samples").write_bytes(b"")
+        problems = bench.verify_shards(out, fmt, None, pool).problems
+        assert "00002_stats.json: missing or unreadable" in problems
+        assert any(p.startswith("1 files left in") for p in problems)
+
+
+def test_verify_shards_counts_a_row_once_and_reports_records_that_disagree(tmp_path: Path) -> None:
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    tbl = pa.table(
+        {
+            "row": [0, 1, 1, 2],
+            "status": ["ok", "ok", "ok", "ok"],
+            "sha256": [hashlib.sha256(jpeg(i)).hexdigest() for i in (0, 1, 1, 2)],
+            "image": pa.array([{"bytes": jpeg(i), "path": f"{i}.jpg"} for i in (0, 1, 1)] + [None], image),
+        }
+    )
+    pq.write_table(tbl, tmp_path / "00000.parquet", row_group_size=2)
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"successes": 3}))
+    index = {"shardlist": [{"url": "00000.parquet", "nsamples": 2}]}
+    (tmp_path / "shards.json").write_text(json.dumps(index))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        check = bench.verify_shards(tmp_path, "parquet", None, pool)
+    assert (check.samples, check.valid, check.shards) == (3, 2, 1)  # row 1 twice: one valid row
+    assert check.problems == [
+        "00000.parquet: 1 ok rows without an image",
+        "1 rows held by more than one sample",
+        "shards.json lists 2 samples in 1 shards",
+    ]
+
+
+def test_shard_tools_run_imgfetch_with_the_format_and_the_shard_size(tmp_path: Path) -> None:
+    plain = bench.Context(bench.settings_from(bench.parse([])), tmp_path, None)
+    sized = bench.Context(bench.settings_from(bench.parse(["--shard-size", "1000"])), tmp_path, None)
+    w1 = bench.Workload("W1", None)
+    for fmt in bench.SHARD_FORMATS:
+        tool = bench.TOOLS[f"imgfetch-async-{fmt}"]
+        assert (tool.output_format, tool.files_twin) == (fmt, "imgfetch-async")
+        cmd = tool.build(plain, w1, ["http://127.0.0.1:1/a.jpg"], tmp_path / "out")
+        assert isinstance(cmd, list)
+        assert cmd[cmd.index("--output-format") + 1] == fmt and "--shard-size" not in cmd
+        cmd = tool.build(sized, w1, ["http://127.0.0.1:1/a.jpg"], tmp_path / "out")
+        assert isinstance(cmd, list) and cmd[cmd.index("--shard-size") + 1] == "1000"
+    files = bench.TOOLS["imgfetch-async"].build(plain, w1, ["http://127.0.0.1:1/a.jpg"], tmp_path / "out")
+    assert isinstance(files, list) and "--output-format" not in files
+    with pytest.raises(SystemExit, match="--shard-size must be at least 1"):
+        bench.settings_from(bench.parse(["--shard-size", "0"]))
+
+
+def test_format_ratios_compare_each_shard_format_with_files_per_repetition() -> None:
+    def run(tool: str, per_s: float, cpu_s: float, rep: int) -> bench.Result:
+        res = bench.Result("W1", tool, 100, 100 / per_s, cpu_s, 50.0, 100, 100, 0, rep=rep)
+        res.output_format = bench.TOOLS[tool].output_format if tool in bench.TOOLS else "files"
+        return res
+
+    runs = [
+        run("imgfetch-async", 1000, 1.0, 0),
+        run("imgfetch-async-webdataset", 1100, 0.9, 0),
+        run("imgfetch-async", 800, 1.2, 1),
+        run("imgfetch-async-webdataset", 1000, 1.0, 1),
+        run("imgfetch-async-parquet", 500, 2.0, 1),
+        run("curl", 700, 0.5, 1),
+    ]
+    found = {(r.tool, r.metric): r for r in bench.format_ratios(runs)}
+    assert set(found) == {
+        (f"imgfetch-async-{f}", m) for f in bench.SHARD_FORMATS for m in (bench.SPEED, bench.CPU)
+    }
+    speed = found["imgfetch-async-webdataset", bench.SPEED]
+    assert speed.against == "imgfetch-async" and speed.best == pytest.approx(1.1)
+    assert speed.same_repetition == pytest.approx((1.1, 1.25))
+    cpu = found["imgfetch-async-webdataset", bench.CPU]
+    assert cpu.best == pytest.approx(0.9)  # lowest CPU over lowest CPU
+    assert cpu.same_repetition == pytest.approx((0.9, 1.0 / 1.2))
+    assert found["imgfetch-async-parquet", bench.SPEED].same_repetition == pytest.approx((0.625,))
+    assert bench.ratio_lines([cpu])[0].startswith(
+        "imgfetch-async-webdataset vs imgfetch-async (CPU s / 1000): 0.90x"
+    )
+    table = bench.format_table(
+        [{**r.to_dict(), "shards": 1 if "-" in r.tool[9:] else None} for r in runs], "W1"
+    )
+    assert "| imgfetch-async | files | - | 1000 / 800 | **1000** | 10.00 / 12.00 | **10.00** |" in table
+    assert "| imgfetch-async-parquet | parquet | 1 | 500 | **500** | 20.00 |" in table
+    assert "curl" not in table
 
 
 def test_table_compares_with_classic() -> None:
@@ -240,32 +368,56 @@ def _skip_without_extra() -> None:
         pytest.skip(f"the bench extra is not installed here: {bench.missing_extra()}")
 
 
+#: The quick tests' shard size: several shards per run, so shards are committed while rows are fetched.
+QUICK_SHARD = 30
+
+
 def _quick(out: Path, cache: Path, urls: int = 80, corpus: int = 20) -> list[str]:
     """``bench --quick`` with a smaller list and corpus (keeps CI lean; every step still runs)."""
-    args = ["bench", "--quick", "--urls", str(urls), "--corpus", str(corpus)]
+    args = [
+        "bench",
+        "--quick",
+        "--urls",
+        str(urls),
+        "--corpus",
+        str(corpus),
+        "--shard-size",
+        str(QUICK_SHARD),
+    ]
     return [*args, "--out", str(out), "--cache", str(cache)]
 
 
 def _check_quick_report(out: Path, urls: int) -> None:
     report = json.loads((out / "results.json").read_text())
     rows = {(r["workload"], r["tool"]): r for r in report["results"]}
+    imgfetch_tools = ("imgfetch-async", *(f"imgfetch-async-{f}" for f in bench.SHARD_FORMATS))
     for wl in ("W1", "W2"):
-        row = rows[(wl, "imgfetch-async")]
-        assert row["valid"] == row["files"] == row["urls"] == urls
-        assert row["cpu_s"] > 0 and row["peak_rss_mb"] > 0
-        assert row["server_requests"] == urls
-        assert row["server_cpu_s"] is not None
+        for tool in imgfetch_tools:
+            row = rows[(wl, tool)]
+            # shard formats: ok samples in the tars / rows with an image, each checked against its record
+            assert row["valid"] == row["files"] == row["urls"] == urls, row
+            assert row["note"] == ""  # no disagreement between shards, records, stats and index
+            assert row["cpu_s"] > 0 and row["peak_rss_mb"] > 0
+            assert row["server_requests"] == urls
+            assert row["server_cpu_s"] is not None
+            assert row["shards"] == (None if tool == "imgfetch-async" else -(-urls // QUICK_SHARD))
         assert rows[(wl, "classic")]["valid"] == urls  # the classic peer's script ran
     assert rows[("W2", "processing ceiling")]["valid"] == urls
-    pairs = {(r["workload"], r["tool"], r["against"]) for r in report["ratios"]}
-    assert pairs == {
-        ("W1", "imgfetch-async", "classic"),
-        ("W2", "imgfetch-async", "classic"),
-        ("W2", "imgfetch-async", "processing ceiling"),
+    pairs = {(r["workload"], r["tool"], r["against"], r["metric"]) for r in report["ratios"]}
+    peers = {(wl, t, "classic", bench.SPEED) for wl in ("W1", "W2") for t in imgfetch_tools}
+    peers |= {("W2", t, bench.CEILING, bench.SPEED) for t in imgfetch_tools}
+    twins = {
+        (wl, f"imgfetch-async-{f}", "imgfetch-async", m)
+        for wl in ("W1", "W2")
+        for f in bench.SHARD_FORMATS
+        for m in (bench.SPEED, bench.CPU)
     }
+    assert pairs == peers | twins
     md = (out / "results.md").read_text()
     assert "## W1 download only" in md
     assert "| imgfetch-async | classic |" in md and "| imgfetch-async | processing ceiling |" in md
+    assert "### W1: output formats against files" in md
+    assert "| imgfetch-async-webdataset | imgfetch-async | CPU s / 1000 |" in md
     with Image.open(out / "chart.png") as chart:  # the chart module ran
         assert chart.format == "PNG"
 
