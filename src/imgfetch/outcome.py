@@ -14,7 +14,6 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import builtins
     from collections.abc import Mapping
 
 
@@ -96,15 +95,15 @@ class Outcome:
     path: str | None = None
     final_url: str | None = None
     elapsed: float = 0.0
-    #: Shard formats: the sample's key, the shard file that holds it (``00000.tar``), and
-    #: (webdataset) where the image's bytes are in that tar.
+    #: Shard formats: the sample's key and the shard file that holds the row (``00000.tar``).
     key: str | None = None
     shard: str | None = None
-    offset: int | None = None
-    size: int | None = None
-    #: The saved bytes, on their way from the fetcher to a shard sink (``None`` once stored,
-    #: and always for the files format); never part of the record.
-    payload: builtins.bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: Shard formats, rows with a sample: which event loop's staging log holds it, where the
+    #: image's bytes start and where the sample ends in that log.  Bookkeeping for the
+    #: ledger (the published offset is in the per-shard Parquet); never part of the record.
+    writer: int | None = dataclasses.field(default=None, repr=False, compare=False)
+    offset: int | None = dataclasses.field(default=None, repr=False, compare=False)
+    end: int | None = dataclasses.field(default=None, repr=False, compare=False)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -135,14 +134,14 @@ class Outcome:
             "elapsed": round(self.elapsed, 4),
         }
         if self.shard is not None:
-            rec.update(key=self.key, shard=self.shard, offset=self.offset, size=self.size)
+            rec.update(key=self.key, shard=self.shard)
         if self.extra:
             rec["extra"] = dict(self.extra)
         return rec
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Outcome:
-        names = {f.name for f in dataclasses.fields(cls)} - {"payload"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"writer", "offset", "end"}
         kwargs = {k: v for k, v in rec.items() if k in names}
         kwargs["status"] = Status(rec["status"])
         kwargs["extra"] = dict(rec.get("extra") or {})

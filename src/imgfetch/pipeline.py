@@ -46,8 +46,8 @@ from imgfetch.records.ledger import Entry, Fingerprint, Ledger
 from imgfetch.records.manifest import read_manifest
 from imgfetch.runners import loops
 from imgfetch.runners.local import FATAL, Engine, Fetcher, Job, failed
-from imgfetch.sinks import make_sink, shards
-from imgfetch.sinks.files import FATAL_ERRNOS, FileSink, root_layout
+from imgfetch.sinks import fetch_writer, make_sink, shards
+from imgfetch.sinks.files import FATAL_ERRNOS, root_layout
 from imgfetch.workers import CpuPool
 
 if TYPE_CHECKING:
@@ -87,6 +87,13 @@ class Run:
         on_outcome: Callable[[Outcome], None] | None = None,
         rows: Iterator[sources.Row] | None = None,
     ) -> None:
+        # Absolute paths: loop processes (which may start in another working directory) find
+        # the same output and state folders.
+        out = cfg.output
+        state_dir = out.state_dir.absolute() if out.state_dir is not None else None
+        cfg = dataclasses.replace(
+            cfg, output=dataclasses.replace(out, out=out.out.absolute(), state_dir=state_dir)
+        )
         self.cfg = cfg
         self.engine = engine
         self.summary = Summary()
@@ -180,8 +187,7 @@ class Run:
             self._ledger = self._open_ledger(root)
             if cfg.image.decodes:
                 self._pool = await CpuPool(images.process, cfg.image, self._workers).__aenter__()
-            files = None if self._sink.keeps_bytes else FileSink(root)
-            local = Fetcher(cfg, self.engine, files, share[0], self._pool)
+            local = Fetcher(cfg, self.engine, fetch_writer(cfg, root, 0), share[0], self._pool)
             self._runners = [local, *remote]
             if self._stopping:  # stopped while starting
                 self._stop_runners()
@@ -474,8 +480,8 @@ class Run:
         """Claim the row's name (in input order) and validate its URL."""
         stem = self._namer.claim(row.index, row.url, row.extra)
         folder = self._namer.folder(row.index)
-        if self._sink is not None and self._sink.keeps_bytes:
-            stem = self._sink.key(row.index, stem)
+        assert self._sink is not None
+        folder, stem = self._sink.locate(row.index, folder, stem)  # shard formats: shard and key
         if row.error is not None:
             return failed(row, Reason.INVALID_ROW.value, row.error, 0, time.monotonic())
         try:
@@ -518,9 +524,8 @@ class Run:
                 status=Status.FAILED,
                 reason=Reason.WRITE_ERROR.value,
                 detail=str(exc)[:300],
-                payload=None,
             )
-            # A failed row has no sample to write; its record still belongs to its shard.
+            # The files format's sidecars could not be written: the row is recorded as failed.
             placed = sink.add(lost)
         ready = sink.ready()
         if ready:
@@ -559,7 +564,7 @@ class Run:
         commit and count it."""
         placed = self._place(outcome)
         outcome = placed.outcome
-        self._batch.append(_entry(outcome.to_record(), placed.shard, placed.end))
+        self._batch.append(_entry(outcome.to_record(), placed))
         if len(self._batch) >= FLUSH_ROWS:
             self._flush()
         self.summary.add(outcome, host)
@@ -645,7 +650,7 @@ def _line(record: Mapping[str, Any]) -> str:
     return line
 
 
-def _entry(record: Mapping[str, Any], shard: int | None = None, end: int | None = None) -> Entry:
+def _entry(record: Mapping[str, Any], placed: Placed | None = None) -> Entry:
     path = record.get("path")
     folder: str | None = None
     name: str | None = None
@@ -659,8 +664,7 @@ def _entry(record: Mapping[str, Any], shard: int | None = None, end: int | None 
         folder,
         name,
         _line(record),
-        shard,
-        end,
+        *((placed.shard, placed.writer, placed.end, placed.offset) if placed is not None else ()),
     )
 
 

@@ -4,13 +4,14 @@ The only module that imports :mod:`sqlite3`.  ``OUT/.imgfetch/ledger.sqlite``
 (WAL, ``synchronous=NORMAL``: a killed process loses nothing committed, a
 power cut at most the last moments) holds
 
-* ``outcomes(row PRIMARY KEY, status, reason, folder, name, record, shard, sample_end)``:
-  one row per finished input row; ``record`` is the manifest line (JSON), ``folder``
-  and ``name`` locate the saved file of the ``files`` format (NULL when there is
-  none); ``shard`` is the shard a row of a shard format belongs to and
-  ``sample_end`` where its sample ends in that shard's staging file (NULL for a
-  row without a sample), which is how a resume cuts a staging file back to the
-  samples the ledger knows (:mod:`imgfetch.sinks.shards`);
+* ``outcomes(row PRIMARY KEY, status, reason, folder, name, record, shard, writer,
+  sample_end, image_offset)``: one row per finished input row; ``record`` is the
+  manifest line (JSON), ``folder`` and ``name`` locate the saved file of the
+  ``files`` format (NULL when there is none); ``shard`` is the shard a row of a
+  shard format belongs to, and for a row with a sample ``writer`` is the event
+  loop whose staging log holds it, ``sample_end`` where the sample ends in that
+  log (how a resume cuts a log back to the samples the ledger knows) and
+  ``image_offset`` where the image's bytes start in it (:mod:`imgfetch.sinks.shards`);
 * ``shards(shard PRIMARY KEY, kind, state, started, finished, nsamples, filesize)``:
   the shards of a shard format, ``open`` (being filled in staging), ``sealed``
   (complete in staging, being published) or ``committed`` (in the output);
@@ -78,7 +79,9 @@ SCHEMA = "2"
 _UPGRADES = {
     "1": (
         "ALTER TABLE outcomes ADD COLUMN shard INTEGER",
+        "ALTER TABLE outcomes ADD COLUMN writer INTEGER",
         "ALTER TABLE outcomes ADD COLUMN sample_end INTEGER",
+        "ALTER TABLE outcomes ADD COLUMN image_offset INTEGER",
     )
 }
 #: Rows per keyset page when streaming the ledger.
@@ -96,7 +99,9 @@ CREATE TABLE IF NOT EXISTS outcomes(
     name TEXT,
     record TEXT NOT NULL,
     shard INTEGER,
-    sample_end INTEGER
+    writer INTEGER,
+    sample_end INTEGER,
+    image_offset INTEGER
 );
 CREATE INDEX IF NOT EXISTS outcomes_file ON outcomes(folder, name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outcomes_status ON outcomes(row, status, reason);
@@ -116,8 +121,8 @@ _SHARD_INDEX_SQL = "CREATE INDEX IF NOT EXISTS outcomes_shard ON outcomes(shard,
 
 
 _UPSERT = (
-    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record, shard, sample_end)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO outcomes(row, status, reason, folder, name, record, shard, writer, sample_end,"
+    " image_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -147,7 +152,18 @@ class Entry(NamedTuple):
     name: str | None
     line: str
     shard: int | None = None
+    writer: int | None = None
     end: int | None = None
+    offset: int | None = None
+
+
+class Sample(NamedTuple):
+    """Where a row's sample is in its shard's staging logs."""
+
+    row: int
+    writer: int
+    end: int
+    offset: int
 
 
 class ShardState(NamedTuple):
@@ -431,14 +447,14 @@ class Ledger:
         except sqlite3.Error as exc:
             raise _output_error("write the resume ledger", exc) from None
 
-    def sample_ends(self, shard: int) -> list[tuple[int, int]]:
-        """``(row, sample_end)`` of the rows with a sample in ``shard``'s staging file, by end."""
+    def samples(self, shard: int) -> list[Sample]:
+        """The samples of ``shard`` in its staging logs, by writer and end."""
         cursor = self._db.execute(
-            "SELECT row, sample_end FROM outcomes INDEXED BY outcomes_shard"
-            " WHERE shard = ? AND sample_end IS NOT NULL ORDER BY sample_end",
+            "SELECT row, writer, sample_end, image_offset FROM outcomes INDEXED BY outcomes_shard"
+            " WHERE shard = ? AND sample_end IS NOT NULL ORDER BY writer, sample_end",
             (shard,),
         )
-        return [(int(r), int(e)) for r, e in cursor]
+        return [Sample(*row) for row in cursor]
 
     def shard_lines(self, shard: int) -> list[str]:
         """The manifest lines of the rows of ``shard``, in row order (one shard: bounded)."""
@@ -446,6 +462,17 @@ class Ledger:
             "SELECT record FROM outcomes INDEXED BY outcomes_shard WHERE shard = ? ORDER BY row", (shard,)
         )
         return [line for (line,) in cursor]
+
+    def shard_rows(self, shard: int) -> list[tuple[str, Sample | None]]:
+        """Each row of ``shard`` in row order: its manifest line and where its sample is."""
+        cursor = self._db.execute(
+            "SELECT record, row, writer, sample_end, image_offset FROM outcomes INDEXED BY outcomes_shard"
+            " WHERE shard = ? ORDER BY row",
+            (shard,),
+        )
+        return [
+            (line, None if end is None else Sample(row, w, end, off)) for line, row, w, end, off in cursor
+        ]
 
     def max_row(self) -> int:
         """The highest row the ledger holds, or -1."""

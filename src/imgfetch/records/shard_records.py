@@ -131,12 +131,12 @@ def table(
     }
     if images is not None:
         paths = image_paths if image_paths is not None else [None] * len(images)
-        structs = [
-            None if data is None else {"bytes": data, "path": path}
-            for data, path in zip(images, paths, strict=True)
-        ]
-        image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-        columns["image"] = pa.array(structs, type=image_type)
+        # Built from two flat arrays (no dict per row): one copy of the bytes, into Arrow.
+        columns["image"] = pa.StructArray.from_arrays(
+            [pa.array(images, type=pa.binary()), pa.array(paths, type=pa.string())],
+            names=["bytes", "path"],
+            mask=pa.array([data is None for data in images], type=pa.bool_()),
+        )
         features["image"] = {"_type": "Image"}
     tbl = pa.table(columns)
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode("utf-8")}

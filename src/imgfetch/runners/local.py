@@ -21,6 +21,7 @@ from imgfetch.fetch.hosts import HostTable
 from imgfetch.fetch.policy import backoff_delay, is_retryable
 from imgfetch.outcome import Outcome, Reason, Status, status_for
 from imgfetch.sinks.files import FATAL_ERRNOS, FileSink
+from imgfetch.sinks.samples import SampleWriter
 from imgfetch.workers import CpuPool, PoolBroken, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -86,16 +87,16 @@ class Fetcher:
 
     It holds the per-host gates of the hosts it is given and ``concurrency``
     attempt slots; ``pool`` (when images are decoded) and ``sink`` are used
-    as they are.  Without a ``sink`` (the shard formats) nothing is written
-    here: the saved bytes travel on the Outcome (``payload``) to the sink of
-    the recording side.  Set :attr:`stopping` when the run stops taking new rows.
+    as they are: a FileSink writes each image as a file, a SampleWriter (the
+    shard formats) appends it to this loop's staging log of the row's shard.
+    Set :attr:`stopping` when the run stops taking new rows.
     """
 
     def __init__(
         self,
         cfg: RunConfig,
         engine: Engine,
-        sink: FileSink | None,
+        sink: FileSink | SampleWriter,
         concurrency: int,
         pool: CpuPool[images.Processed | images.Rejected] | None = None,
     ) -> None:
@@ -234,11 +235,11 @@ class Fetcher:
             "sha256": sha,
             "orig_sha256": orig_sha,
         }
-        if self.sink is None:  # a shard format: the recording side stores the bytes
-            return Outcome(key=stem, payload=data, elapsed=time.monotonic() - job.started, **saved, **common)
-        name = naming.file_name(stem, fmt)
         try:
-            path = self.sink.write(job.folder, name, data)
+            if isinstance(self.sink, SampleWriter):  # a shard format: the folder is the shard
+                sample = Outcome(key=stem, elapsed=time.monotonic() - job.started, **saved, **common)
+                return self.sink.write(int(job.folder), sample, data)
+            path = self.sink.write(job.folder, naming.file_name(stem, fmt), data)
         except OSError as exc:
             if exc.errno in FATAL_ERRNOS:
                 raise OutputError(f"cannot write to '{self.sink.root}': {exc.strerror}") from None

@@ -58,7 +58,7 @@ from imgfetch.errors import OutputError
 from imgfetch.fetch.engines import make_engine
 from imgfetch.outcome import Outcome, Status
 from imgfetch.runners.local import FATAL, Fetcher, Job
-from imgfetch.sinks.files import FileSink
+from imgfetch.sinks import fetch_writer
 from imgfetch.workers import BUFFER, PoolBroken, reap, spawn
 from imgfetch.workers import context as spawn_context
 
@@ -200,8 +200,11 @@ def _unpack(packed: tuple[Any, ...] | None, row: sources.Row) -> Outcome | None:
 class LoopProcess:
     """The pipeline's side of one loop process: ``await lp.outcome(job)`` like a Fetcher's."""
 
-    def __init__(self, proc: BaseProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, proc: BaseProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, sharded: bool
+    ) -> None:
         self._proc = proc
+        self._sharded = sharded
         self._reader = reader
         self._writer = writer
         self._pending: dict[int, tuple[asyncio.Future[Outcome | None], sources.Row]] = {}
@@ -212,17 +215,18 @@ class LoopProcess:
 
     @classmethod
     async def start(
-        cls, ctx: BaseContext, cfg: RunConfig, root: Path, concurrency: int, ours: list[int]
+        cls, ctx: BaseContext, cfg: RunConfig, root: Path, concurrency: int, index: int, ours: list[int]
     ) -> LoopProcess:
-        """``ours``: descriptors of this process that a forked child must close (see ``_serve``)."""
+        """Loop ``index`` (1, 2 ...: the pipeline's own is 0; it names the loop's sample logs).
+        ``ours``: descriptors of this process that a forked child must close (see ``_serve``)."""
         forked = ctx.get_start_method() == "fork"
 
         def args(fd: int, child: socket.socket) -> tuple[Any, ...]:
             ours.append(fd)
-            return (child, cfg, root, concurrency, list(ours) if forked else [])
+            return (child, cfg, root, concurrency, index, list(ours) if forked else [])
 
         proc, reader, writer = await spawn(ctx, "imgfetch-loop", _serve, args)
-        return cls(proc, reader, writer)
+        return cls(proc, reader, writer, sharded=cfg.output.sharded)
 
     def stop(self) -> None:
         """The run takes no new rows: retries that could still help are left for the next run."""
@@ -241,7 +245,9 @@ class LoopProcess:
             else:
                 # The URL as parsed and checked here, in its encoded form: the loop rebuilds it
                 # with encoded=True (~3 us) instead of parsing the raw row again (~25 us).
-                self._outbox.put((_JOB, key, str(job.url), job.folder, job.stem, job.started))
+                # Shard formats write each sample here, and its JSON holds the extra columns.
+                extra = row.extra if self._sharded else {}
+                self._outbox.put((_JOB, key, str(job.url), job.folder, job.stem, job.started, extra))
             return await fut
         finally:
             self._pending.pop(key, None)  # cancelled: a late answer for it is dropped
@@ -289,8 +295,8 @@ async def start_all(cfg: RunConfig, root: Path, concurrencies: list[int]) -> lis
     started: list[LoopProcess] = []
     ours: list[int] = []
     try:
-        for concurrency in concurrencies:
-            started.append(await LoopProcess.start(ctx, cfg, root, concurrency, ours))
+        for index, concurrency in enumerate(concurrencies, start=1):
+            started.append(await LoopProcess.start(ctx, cfg, root, concurrency, index, ours))
     except BaseException:
         for lp in started:
             await lp.close(timeout=1.0)
@@ -314,7 +320,9 @@ def _detach() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _serve(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, close: list[int]) -> None:
+def _serve(
+    sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, writer: int, close: list[int]
+) -> None:
     parent = os.getppid()
     _detach()
     # A forked child holds copies of the pipeline's ends of every loop's socket: while any
@@ -324,13 +332,12 @@ def _serve(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, cl
             os.close(fd)
     if os.getppid() != parent:  # the parent died before PR_SET_PDEATHSIG took effect
         return
-    asyncio.run(_serve_async(sock, cfg, root, concurrency))
+    asyncio.run(_serve_async(sock, cfg, root, concurrency, writer))
 
 
-async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int) -> None:
+async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurrency: int, index: int) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=BUFFER)
-    sink = None if cfg.output.sharded else FileSink(root)
-    fetcher = Fetcher(cfg, make_engine(cfg.engine, cfg.http), sink, concurrency)
+    fetcher = Fetcher(cfg, make_engine(cfg.engine, cfg.http), fetch_writer(cfg, root, index), concurrency)
     tasks: set[asyncio.Task[None]] = set()
 
     outbox = _Outbox(writer)
@@ -349,9 +356,9 @@ async def _serve_async(sock: socket.socket, cfg: RunConfig, root: Path, concurre
                     if msg[0] == _STOP:
                         fetcher.stop()
                         continue
-                    _, key, url, folder, stem, started = msg
+                    _, key, url, folder, stem, started, extra = msg
                     # Only the index of this row comes back: the pipeline records its own row.
-                    row = sources.Row(key, url, {})
+                    row = sources.Row(key, url, extra)
                     job = Job(row, URL(url, encoded=True), folder, stem, started)
                     task = asyncio.create_task(run(job))
                     tasks.add(task)

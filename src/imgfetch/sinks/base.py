@@ -2,7 +2,8 @@
 
 The pipeline talks to a sink on its recording side, in this order:
 ``open(ledger)`` once (make the destination agree with the ledger after a
-crash), ``key(index, stem)`` as each row is read, ``skipped(index)`` for rows
+crash), ``locate(index, folder, stem)`` as each row is read (the folder or
+shard and the name or key it is fetched with), ``skipped(index)`` for rows
 done by an earlier run, ``add(outcome)`` as each row's outcome is recorded
 (before the ledger commits it), ``ready()`` for shards that are complete,
 ``commit(shard, ledger)`` after the ledger holds all their rows,
@@ -10,10 +11,11 @@ done by an earlier run, ``add(outcome)`` as each row's outcome is recorded
 ``close()``.  ``--overwrite`` follows what the *previous* run wrote, whatever its
 format, so it is not a sink's job (``records.ledger.wipe``, ``sinks.shards.wipe``).
 
-``keeps_bytes`` says where an image's bytes are stored: ``False`` (files), the
-fetcher writes each file itself, in whichever process fetched it; ``True``
-(shards), the fetcher hands the bytes back on the Outcome (``payload``) and
-``add`` stores them.  A new format is one module with a class like these and
+Image bytes are stored by the process that fetched them, with what
+``fetch_writer(cfg, root, writer)`` gives each event loop: a
+:class:`~imgfetch.sinks.files.FileSink` (files) or a
+:class:`~imgfetch.sinks.samples.SampleWriter` (shards); they never travel
+between processes.  A new format is one module with a class like these and
 one row of :data:`imgfetch.sinks.SINKS`.
 """
 
@@ -32,19 +34,30 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Placed:
-    """What a sink made of a row: its outcome as recorded, and where its sample sits in staging."""
+    """What a sink made of a row: its outcome as recorded and, for the ledger, its shard
+    and where its sample is in staging (which writer's log, where it ends, where the
+    image's bytes start)."""
 
     outcome: Outcome
     shard: int | None = None
+    writer: int | None = None
     end: int | None = None
+    offset: int | None = None
+
+
+class FetchWriter(Protocol):
+    """What a fetcher stores a row's bytes with: a FileSink (files) or a SampleWriter (shards)."""
+
+    root: Path
 
 
 class Sink(Protocol):
     name: ClassVar[str]
-    keeps_bytes: ClassVar[bool]
     root: Path
 
-    def key(self, index: int, stem: str | None) -> str | None: ...
+    @classmethod
+    def fetch_writer(cls, cfg: RunConfig, root: Path, writer: int) -> FetchWriter: ...
+    def locate(self, index: int, folder: str, stem: str | None) -> tuple[str, str | None]: ...
     def open(self, ledger: Ledger) -> None: ...
     def add(self, outcome: Outcome) -> Placed: ...
     def skipped(self, index: int) -> None: ...

@@ -141,7 +141,6 @@ class FilesOutput:
     start, reconciles the numbered folders with the ledger."""
 
     name: ClassVar[str] = "files"
-    keeps_bytes: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, root: Path, state: Path) -> None:
         self.cfg = cfg
@@ -150,8 +149,12 @@ class FilesOutput:
         self._caption = cfg.output.caption_col
         self._metadata = cfg.output.write_metadata
 
-    def key(self, index: int, stem: str | None) -> str | None:
-        return stem
+    @classmethod
+    def fetch_writer(cls, cfg: RunConfig, root: Path, writer: int) -> FileSink:
+        return FileSink(root)
+
+    def locate(self, index: int, folder: str, stem: str | None) -> tuple[str, str | None]:
+        return folder, stem
 
     def open(self, ledger: Ledger) -> None:
         """Delete leftovers of a killed run and forget ok rows whose file has gone."""

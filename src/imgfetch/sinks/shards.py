@@ -1,17 +1,18 @@
 """Shard formats: rows ``[k*N, (k+1)*N)`` collected per shard in staging, published whole.
 
 A shard is built in the state folder (``STATE/staging/``), never under its
-final name.  Each successful row is appended to the shard's *sample log*
-(``00000.samples``: the tar members of the sample, written as one piece) as soon
-as it is recorded, and the ledger stores where the sample ends.  Because the
-ledger commits outcomes in the order they are recorded, the samples the ledger
-does not know are always the tail of a log: after ``kill -9`` a resume cuts the
-log back to the last known sample and carries on with the rows that are not
-done.  Nothing finished is fetched again.
+final name.  Each event loop appends the samples of the rows it fetched to its
+own *sample log* of the shard (``00000.<writer>.samples``, tar members; see
+:mod:`imgfetch.sinks.samples`), and the ledger stores, per row, which log holds
+its sample and where the sample ends.  The samples of a log that the ledger does
+not know are always its tail, so after ``kill -9`` a resume cuts each log back to
+its last known sample and carries on with the rows that are not done.  Nothing
+finished is fetched again.
 
 When every row of a shard is final the shard is *sealed*: its output files are
-built in staging (the tar closed, or the Parquet file written from the log; the
-per-shard records; the stats), the ledger marks it ``sealed``, then the files
+built in staging (the logs joined into the tar -- one log is simply renamed --
+or the Parquet file written from the logs; the per-shard records, with each
+image's offset in the tar; the stats), the ledger marks it ``sealed``, then the files
 are moved into the output, the stats file last (its presence marks a complete
 shard), and the ledger marks it ``committed``.  A crash between those steps is
 finished by the next start.  A committed shard is never written again: rows
@@ -34,39 +35,29 @@ import logging
 import os
 import re
 import shutil
-import struct
-import tarfile
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from imgfetch import sources
 from imgfetch.errors import ImgfetchError, OutputError
-from imgfetch.outcome import Status
 from imgfetch.records import shard_records
 from imgfetch.records.ledger import ShardState
 from imgfetch.sinks.base import Placed
 from imgfetch.sinks.files import TEMP_PREFIX, TEMP_SUFFIX, FileSink
+from imgfetch.sinks.samples import SAMPLES, SampleWriter, image_field, log_name, shard_name
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from imgfetch.config import RunConfig
     from imgfetch.outcome import Outcome
-    from imgfetch.records.ledger import Ledger
+    from imgfetch.records.ledger import Ledger, Sample
 
 log = logging.getLogger("imgfetch")
 
 STAGING = "staging"
-SAMPLES = ".samples"
-#: The parquet format's sample log once sealing has closed it as a tar (kept until committed).
-SEALING_LOG = ".log.tar"
 STATS = "_stats.json"
 SHARD_INDEX = "shards.json"
-#: Digits of a shard number in names and keys (more when a run has over 99,999 shards).
-SHARD_DIGITS = 5
-BLOCK = tarfile.BLOCKSIZE
-#: A finished tar ends with two zero blocks and is padded to GNU tar's 10 KiB records.
-RECORD = tarfile.RECORDSIZE
 #: Names a shard format publishes: ``00000.tar``, ``00000.parquet``, ``00000_stats.json``.
 _SHARD_FILE = re.compile(r"\A(\d{5,})(\.tar|\.parquet|_stats\.json)\Z")
 
@@ -76,106 +67,13 @@ def index_digits(shard_size: int) -> int:
     return max(1, len(str(shard_size - 1)))
 
 
-def shard_name(shard: int) -> str:
-    return f"{shard:0{SHARD_DIGITS}d}"
-
-
-def image_field(cfg: RunConfig) -> str:
-    """The extension of the image member of every sample.
-
-    One field set for every sample is what loaders need: Hugging Face's
-    webdataset builder infers the features from the first samples and rejects
-    samples whose fields differ, and ``to_tuple("jpg", ...)`` in webdataset
-    pipelines names one field.  So the field is the output format's (``jpg``,
-    ``png``, ``webp``) and, with ``--format keep``, ``jpg`` whatever each
-    image's real format; both loaders decode by content, and the real format is
-    in each sample's JSON (``format``).
-    """
-    return {"png": "png", "webp": "webp"}.get(cfg.image.format, "jpg")
-
-
-_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
-
-
-def tar_header(name: str, size: int, mtime: int) -> bytes:
-    """The header block(s) of a regular file member: plain ustar, or PAX for a long or
-    non-ASCII name (what ``tarfile`` writes too; built by hand for the common case because
-    ``TarInfo.tobuf`` costs ~30 us a member, a tenth of a sample's whole cost)."""
-    if len(name) > 100 or not name.isascii() or size >= 0o77777777777:
-        info = tarfile.TarInfo(name)
-        info.size = size
-        info.mtime = mtime
-        info.mode = 0o644
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    block = bytearray(
-        _USTAR.pack(
-            name.encode("ascii"),
-            b"0000644\0",
-            b"0000000\0",
-            b"0000000\0",
-            b"%011o\0" % size,
-            b"%011o\0" % mtime,
-            b"        ",
-            tarfile.REGTYPE,
-            b"",
-            tarfile.POSIX_MAGIC,
-            b"",
-            b"",
-            b"",
-            b"",
-            b"",
-        )
-    )
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
-
-
-def tar_end(size: int) -> bytes:
-    """The end-of-archive blocks for a tar stream of ``size`` bytes, padded to a whole record."""
-    total = size + 2 * BLOCK
-    return b"\0" * (2 * BLOCK + (-total) % RECORD)
-
-
-class _Log:
-    """An open sample log: appended to, never rewritten (except cut back on resume)."""
-
-    __slots__ = ("fd", "path", "size")
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
-        self.fd = os.open(path, flags, 0o644)
-        self.size = os.fstat(self.fd).st_size
-
-    def append(self, parts: list[bytes]) -> int:
-        """Write ``parts`` as one piece; returns the end offset."""
-        data = b"".join(parts)
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except BaseException:
-            with contextlib.suppress(OSError):  # no half sample may stay in the log
-                os.ftruncate(self.fd, self.size)
-            raise
-        self.size += len(data)
-        return self.size
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
 class ShardSink:
-    """The common part of the shard formats (see the module docstring)."""
+    """The recording side of the shard formats (see the module docstring)."""
 
     #: The format's name in ``--output-format`` (set by subclasses).
     name: ClassVar[str] = ""
     #: The suffix of the file that holds a shard's samples.
     data_suffix: ClassVar[str] = ""
-    keeps_bytes: ClassVar[bool] = True
-    #: Whether records carry the sample's ``offset`` and ``size`` in the published data file.
-    public_offsets: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig, root: Path, state: Path) -> None:
         self.cfg = cfg
@@ -184,13 +82,16 @@ class ShardSink:
         self.size = cfg.output.shard_size
         self._digits = index_digits(self.size)
         self._field = image_field(cfg)
-        self._caption = cfg.output.caption_col
         self._files = FileSink(root)  # checks the output folder; publishes with its temporaries
-        self._logs: dict[int, _Log] = {}
+        self.root = self._files.root
         self._shards: dict[int, ShardState] = {}
         self._counts: dict[int, int] = {}
+        #: Rows sent to a patch shard and not recorded yet -> that shard.
+        self._routed: dict[int, int] = {}
         self._patch: int | None = None
-        self._patch_rows = 0
+        #: Per patch shard: rows routed to it, and rows routed but not recorded yet.
+        self._patch_rows: dict[int, int] = {}
+        self._patch_pending: dict[int, int] = {}
         #: Keys taken in the open patch shard (casefolded): with ``--key name`` rows from several
         #: base shards meet there, and names are unique only within their base shard.
         self._patch_keys: set[str] = set()
@@ -198,6 +99,11 @@ class ShardSink:
         self._total: int | None = None
         self._ready: list[int] = []
         self._ledger: Ledger | None = None
+
+    @classmethod
+    def fetch_writer(cls, cfg: RunConfig, root: Path, writer: int) -> SampleWriter:
+        """What event loop ``writer`` (0: the pipeline's own) writes its samples with."""
+        return SampleWriter(cfg, cfg.output.state / STAGING, writer, cls.data_suffix)
 
     # ---- names -------------------------------------------------------------
     def key(self, index: int, stem: str | None) -> str | None:
@@ -225,21 +131,21 @@ class ShardSink:
         known_logs: set[str] = set()
         for state in list(self._shards.values()):
             if state.state == "open":
-                known_logs.add(shard_name(state.shard) + SAMPLES)
-                self._recover(ledger, state)
+                known_logs |= self._recover(ledger, state)
                 if state.kind == "patch":
-                    self._patch = state.shard
                     lines = ledger.shard_lines(state.shard)
-                    self._patch_rows = len(lines)
-                    self._patch_keys = {_fold(json.loads(line).get("key") or "") for line in lines}
+                    self._patch_rows[state.shard] = len(lines)
+                    if len(lines) >= self.size:
+                        self._mark_ready(state.shard)
+                    elif self._patch is None or state.shard > self._patch:
+                        self._patch = state.shard
+                        self._patch_keys = {_fold(json.loads(line).get("key") or "") for line in lines}
             elif state.state == "sealed":
                 self._publish(state.shard)
                 self._committed(ledger, state)
         # Staging files of no open shard: a sealed shard's leftovers, or a log the ledger never heard of.
         with os.scandir(self.staging) as entries:
-            leftovers = [
-                e.path for e in entries if e.name not in known_logs and e.is_file(follow_symlinks=False)
-            ]
+            leftovers = [e.path for e in entries if e.name not in known_logs and not e.is_dir()]
         for path in leftovers:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -266,39 +172,70 @@ class ShardSink:
                 hint="move it away or use another -o/--out: imgfetch replaces nothing it did not write",
             )
 
-    def _recover(self, ledger: Ledger, state: ShardState) -> None:
-        """Cut an open shard's log back to the samples the ledger knows; forget samples it lost."""
-        base = shard_name(state.shard)
-        path = self.staging / (base + SAMPLES)
-        if not path.exists():
-            # Killed while sealing, before the ledger said "sealed": sealing had closed the log as
-            # a tar (and renamed it); take it back as the log, the cut below drops the end blocks.
-            for name in (base + ".tar", base + SEALING_LOG):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self.staging / name, path)
-                    break
-        try:
-            size = os.lstat(path).st_size
-        except FileNotFoundError:
-            size = 0
-        ends = ledger.sample_ends(state.shard)
-        lost = [row for row, end in ends if end > size]
+    def _recover(self, ledger: Ledger, state: ShardState) -> set[str]:
+        """Cut an open shard's logs back to the samples the ledger knows; forget samples they
+        lost.  Returns the names of the logs that stay."""
+        shard = state.shard
+        samples = ledger.samples(shard)
+        writers = sorted({s.writer for s in samples})
+        missing = [w for w in writers if not (self.staging / log_name(shard, w)).exists()]
+        if len(missing) == 1:
+            # Killed while sealing, before the ledger said "sealed": sealing makes the largest
+            # log the tar (the others appended, then renamed); take it back as that log -- the
+            # cut below drops whatever was appended.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(
+                    self.staging / (shard_name(shard) + ".tar"), self.staging / log_name(shard, missing[0])
+                )
+        lost: list[int] = []
+        kept: set[str] = set()
+        for writer in writers:
+            path = self.staging / log_name(shard, writer)
+            try:
+                size = os.lstat(path).st_size
+            except FileNotFoundError:
+                size = 0
+            mine = [s for s in samples if s.writer == writer]
+            lost += [s.row for s in mine if s.end > size]
+            keep = max((s.end for s in mine if s.end <= size), default=0)
+            if keep:
+                os.truncate(path, keep)
+                kept.add(path.name)
         if lost:
             log.warning(
                 "resume: %d samples of shard %s are gone from staging; they will be done again",
                 len(lost),
-                shard_name(state.shard),
+                shard_name(shard),
             )
             ledger.forget(lost)
-        keep = max((end for _row, end in ends if end <= size), default=0)
-        if size:
-            os.truncate(path, keep)
+        return kept
 
     # ---- rows ----------------------------------------------------------------
+    def locate(self, index: int, folder: str, stem: str | None) -> tuple[str, str | None]:
+        """The shard (as the row's folder) and the key a row is fetched with."""
+        base = index // self.size
+        state = self._shards.get(base)
+        key = self.key(index, stem)
+        if state is None:
+            self._start(base, "base")
+        elif state.kind != "base" or state.state != "open":
+            # The row's own shard is committed (or its number went to a patch): a patch shard.
+            shard = self._patch_shard()
+            self._routed[index] = shard
+            self._patch_rows[shard] = self._patch_rows.get(shard, 0) + 1
+            self._patch_pending[shard] = self._patch_pending.get(shard, 0) + 1
+            if key is not None:
+                key = self._patch_key(key)
+            if self._patch_rows[shard] >= self.size:
+                self._patch = None  # full: the next redone row starts another
+            return shard_name(shard), key
+        return shard_name(base), key
+
     def skipped(self, index: int) -> None:
         """A row final from an earlier run: it counts towards its shard being complete."""
         shard = index // self.size
-        if shard not in self._shards or self._shards[shard].state == "open":
+        state = self._shards.get(shard)
+        if state is None or (state.kind == "base" and state.state == "open"):
             self._count(shard)
 
     def end_of_input(self, rows: int) -> None:
@@ -324,19 +261,10 @@ class ShardSink:
         if shard not in self._ready:
             self._ready.append(shard)
 
-    def _route(self, index: int) -> tuple[int, bool]:
-        """The shard a row's outcome goes to, and whether it is its own (base) shard."""
-        base = index // self.size
-        state = self._shards.get(base)
-        if state is None or (state.kind == "base" and state.state == "open"):
-            return base, True
-        return self._patch_shard(), False
-
     def _patch_shard(self) -> int:
         if self._patch is None:
             self._patch = self._next_free
             self._next_free += 1
-            self._patch_rows = 0
             self._patch_keys = set()
             self._start(self._patch, "patch")
         return self._patch
@@ -348,42 +276,6 @@ class ShardSink:
         self._shards[shard] = state
         self._next_free = max(self._next_free, shard + 1)
 
-    def add(self, outcome: Outcome) -> Placed:
-        """Append the row's sample (if it has one) to its shard's log; the outcome as recorded.
-
-        Raises OSError when the log cannot be written (the caller decides
-        whether that stops the run).
-        """
-        shard, own = self._route(outcome.row)
-        if shard not in self._shards:
-            self._start(shard, "base")
-        name = shard_name(shard) + self.data_suffix
-        if outcome.key is None and self.cfg.output.key == "index":
-            # Failures carry their key too (a name key exists only once a sample does).
-            outcome = dataclasses.replace(outcome, key=self.key(outcome.row, None))
-        if not own and outcome.key is not None:
-            outcome = dataclasses.replace(outcome, key=self._patch_key(outcome.key))
-        end: int | None = None
-        if outcome.status is Status.OK and outcome.payload is not None:
-            record = dataclasses.replace(outcome, payload=None, shard=name)
-            log_ = self._logs.get(shard)
-            if log_ is None:
-                log_ = self._logs[shard] = _Log(self.staging / (shard_name(shard) + SAMPLES))
-            parts, offset = self._sample(record, outcome.payload, log_.size)
-            if self.public_offsets:
-                record = dataclasses.replace(record, offset=offset, size=len(outcome.payload))
-            end = log_.append(parts)
-        else:
-            record = dataclasses.replace(outcome, payload=None, shard=name)
-        if own:
-            self._count(shard)
-        else:
-            self._patch_rows += 1
-            if self._patch_rows >= self.size:
-                self._mark_ready(shard)
-                self._patch = None
-        return Placed(record, shard, end)
-
     def _patch_key(self, key: str) -> str:
         """``key``, or ``key-N`` when another row of the open patch shard has it already."""
         candidate, n = key, 0
@@ -393,20 +285,25 @@ class ShardSink:
         self._patch_keys.add(_fold(candidate))
         return candidate
 
-    def _sample(self, record: Outcome, data: bytes, at: int) -> tuple[list[bytes], int]:
-        """The tar members of one sample, and the offset of the image's bytes in the log."""
-        key = record.key or ""
-        mtime = int(time.time())
-        parts: list[bytes] = []
-        head = tar_header(f"{key}.{self._field}", len(data), mtime)
-        offset = at + len(head)
-        parts += (head, data, b"\0" * ((-len(data)) % BLOCK))
-        meta = json.dumps(shard_records.sample_metadata(record), ensure_ascii=False).encode("utf-8")
-        parts += (tar_header(f"{key}.json", len(meta), mtime), meta, b"\0" * ((-len(meta)) % BLOCK))
-        if self._caption is not None:
-            text = shard_records.caption(record, self._caption).encode("utf-8", "surrogateescape")
-            parts += (tar_header(f"{key}.txt", len(text), mtime), text, b"\0" * ((-len(text)) % BLOCK))
-        return parts, offset
+    def add(self, outcome: Outcome) -> Placed:
+        """The row's outcome as recorded, and where its sample is (written by its fetcher)."""
+        shard = self._routed.pop(outcome.row, None)
+        own = shard is None
+        if shard is None:
+            shard = outcome.row // self.size
+        record = outcome
+        if record.shard is None:  # a row without a sample: it belongs to its shard all the same
+            key = record.key
+            if key is None and self.cfg.output.key == "index":
+                key = self.key(record.row, None)
+            record = dataclasses.replace(record, shard=shard_name(shard) + self.data_suffix, key=key)
+        if own:
+            self._count(shard)
+        else:
+            pending = self._patch_pending[shard] = self._patch_pending[shard] - 1
+            if not pending and self._patch_rows.get(shard, 0) >= self.size:
+                self._mark_ready(shard)
+        return Placed(record, shard, record.writer, record.end, record.offset)
 
     # ---- commits ---------------------------------------------------------------
     def ready(self) -> list[int]:
@@ -424,12 +321,9 @@ class ShardSink:
     async def commit(self, shard: int, ledger: Ledger) -> None:
         """Seal and publish one complete shard.  The ledger must hold all its rows (flushed)."""
         state = self._shards[shard]
-        lines = ledger.shard_lines(shard)
-        log_ = self._logs.pop(shard, None)
-        if log_ is not None:
-            log_.close()
+        rows = ledger.shard_rows(shard)
         started = state.started or time.time()
-        stats = await asyncio.to_thread(self._seal, shard, lines, started, state.kind)
+        stats = await asyncio.to_thread(self._seal, shard, rows, started, state.kind)
         sealed = state._replace(state="sealed", finished=stats["end_time"])
         ledger.put_shard(sealed)
         self._shards[shard] = sealed
@@ -438,9 +332,11 @@ class ShardSink:
 
     def _committed(self, ledger: Ledger, state: ShardState) -> None:
         base = shard_name(state.shard)
-        for leftover in (SAMPLES, SEALING_LOG):
+        with os.scandir(self.staging) as entries:
+            logs = [e.path for e in entries if e.name.startswith(base + ".") and e.name.endswith(SAMPLES)]
+        for path in logs:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.staging / (base + leftover))
+                os.unlink(path)
         try:
             stats = json.loads((self.root / (base + STATS)).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -453,20 +349,35 @@ class ShardSink:
         ledger.put_shard(done)
         self._shards[state.shard] = done
 
-    def _seal(self, shard: int, lines: list[str], started: float, kind: str) -> dict[str, Any]:
+    def _seal(
+        self, shard: int, rows: list[tuple[str, Sample | None]], started: float, kind: str
+    ) -> dict[str, Any]:
         """Build the shard's output files in staging (in a thread: no ledger access here)."""
         base = shard_name(shard)
-        samples = self.staging / (base + SAMPLES)
-        records = [json.loads(line) for line in lines]
-        filesize = self.build(base, samples, records)
+        records = [json.loads(line) for line, _ in rows]
+        samples = [sample for _, sample in rows]
+        logs: dict[int, Path] = {}
+        for sample in samples:
+            if sample is not None and sample.writer not in logs:
+                logs[sample.writer] = self.staging / log_name(shard, sample.writer)
+        for writer, path in logs.items():  # nothing past the last sample the ledger knows
+            os.truncate(path, max(s.end for s in samples if s is not None and s.writer == writer))
+        filesize = self.build(base, dict(sorted(logs.items())), records, samples)
         built = [name for name in self.data_files(base) if (self.staging / name).exists()]
         ended = time.time()
         stats = shard_records.stats(base, kind, records, started, ended, filesize, built)
-        _write_durably(self.staging / (base + STATS), json.dumps(stats, indent=2).encode("utf-8"))
+        _write_file(self.staging / (base + STATS), json.dumps(stats, indent=2).encode("utf-8"))
         return stats
 
-    def build(self, base: str, samples: Path, records: list[dict[str, Any]]) -> int:
-        """Write the format's files for shard ``base`` in staging from its log; the data file's size."""
+    def build(
+        self,
+        base: str,
+        logs: dict[int, Path],
+        records: list[dict[str, Any]],
+        samples: list[Sample | None],
+    ) -> int:
+        """Write the format's files for shard ``base`` in staging from its ``logs`` (writer ->
+        path); ``samples`` are where each record's sample is.  Returns the data file's size."""
         raise NotImplementedError
 
     def _publish(self, shard: int) -> None:
@@ -503,9 +414,6 @@ class ShardSink:
 
     # ---- the end -----------------------------------------------------------------
     def close(self) -> None:
-        for log_ in self._logs.values():
-            log_.close()
-        self._logs.clear()
         self.write_index()
 
     def write_index(self) -> None:
@@ -548,11 +456,10 @@ def wipe(root: Path, state: Path, ledger: Ledger) -> int:
     return removed
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes) -> None:
+    # Not fsynced, like the shard's data files (see webdataset.join_logs).
     with open(path, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _move(source: Path, target: Path, files: FileSink) -> None:
