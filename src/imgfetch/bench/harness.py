@@ -8,7 +8,9 @@ What it does (details and results in the repository's benchmarks/README.md):
    127.0.0.1..N with a log-normal latency (median 80 ms), a fresh server per run
    so each run's request counts and peak concurrency per host are its own;
 3. runs every tool as a subprocess on the same URL list into a fresh folder:
-   the four imgfetch engines, the classic ``ThreadPool(10)`` + ``requests``
+   the four imgfetch engines, the async engine writing shards
+   (``imgfetch-async-webdataset``, ``imgfetch-async-parquet``, compared with it
+   writing files), the classic ``ThreadPool(10)`` + ``requests``
    script (``imgfetch/bench/classic.py``), ``curl --parallel``, ``aria2c`` and,
    with ``--with-img2dataset``, img2dataset in its own virtualenv;
 4. measures wall time, CPU seconds of the tool's whole process tree (rusage of
@@ -16,7 +18,8 @@ What it does (details and results in the repository's benchmarks/README.md):
    grandchildren are reaped and counted too) and the peak RSS of the tree
    (summed over its processes, sampled every 50 ms);
 5. checks every output file (it must decode with Pillow; in the download-only
-   workload it must also be byte-identical to a corpus file);
+   workload it must also be byte-identical to a corpus file), or for the shard
+   formats every sample in the shards against its own record (:func:`verify_shards`);
 6. prints a table and writes ``results.json``, ``results.md`` and ``chart.png``.
 
 Workloads: W1 download only; W2 the same with ``--size 256`` (peers that cannot
