@@ -6,12 +6,15 @@ Real servers on 127.0.0.x (imgfetch.bench.server), real processes; no mocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import re
 import socket
+import sqlite3
 import tarfile
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
@@ -220,10 +223,12 @@ def test_sync_client_goes_through_a_proxy_like_the_async_one(server: ImageServer
 
 
 def shard_samples(out: Path, fmt: str) -> dict[str, bytes]:
-    """key -> image bytes, read back from every shard with tarfile / pyarrow."""
+    """key -> image bytes, read back from every shard with tarfile / pyarrow; for webdataset,
+    checks that each shard's Parquet gives every image's offset and size in its tar."""
     samples: dict[str, bytes] = {}
     if fmt == "webdataset":
         for tar_path in sorted(out.glob("*.tar")):
+            located: dict[str, tuple[int, int]] = {}
             with tarfile.open(tar_path) as tar:
                 for member in tar.getmembers():
                     key, _, ext = member.name.partition(".")
@@ -231,6 +236,12 @@ def shard_samples(out: Path, fmt: str) -> dict[str, bytes]:
                         extracted = tar.extractfile(member)
                         assert extracted is not None and key not in samples
                         samples[key] = extracted.read()
+                        located[key] = (member.offset_data, member.size)
+            table = pq.read_table(
+                tar_path.with_suffix(".parquet"), columns=["key", "status", "offset", "size"]
+            )
+            listed = {r["key"]: (r["offset"], r["size"]) for r in table.to_pylist() if r["status"] == "ok"}
+            assert listed == located, f"{tar_path.name}: the per-shard Parquet's offsets are not the tar's"
     else:
         for pq_path in sorted(out.glob("*.parquet")):
             for row in pq.read_table(pq_path, columns=["key", "image"]).to_pylist():
@@ -243,7 +254,8 @@ def shard_samples(out: Path, fmt: str) -> dict[str, bytes]:
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def test_every_engine_writes_the_same_shards(tmp_path: Path, fmt: str) -> None:
     """Same keys, same bytes and the same records whatever the engine, and with two event
-    loops (the bytes then cross from a loop process to the pipeline's sink)."""
+    loops (each then writes the samples it fetched to its own staging log of a shard, and
+    sealing joins the logs)."""
     port = free_port()
     with ImageServer(IMAGES, hosts=HOSTS, port=port) as srv:
         urls = equivalence_urls(srv)
@@ -255,9 +267,15 @@ def test_every_engine_writes_the_same_shards(tmp_path: Path, fmt: str) -> None:
         name = engine + "".join(f"-{k}{v}" for k, v in extra.items())
         out = tmp_path / name
         manifest = run_engine(engine, listing, out, port, output_format=fmt, shard_size=5, **extra)
-        for rec in manifest:
-            rec.pop("offset")  # where a sample lands in its tar depends on completion order
+        assert all("offset" not in rec and "size" not in rec for rec in manifest), (
+            "where a sample lands in its tar is in the per-shard Parquet, not in the manifest"
+        )
         results[name] = (manifest, shard_samples(out, fmt))
+        if extra.get("loops") == 2:
+            with contextlib.closing(sqlite3.connect(out / ".imgfetch" / "ledger.sqlite")) as db:
+                pairs = db.execute("SELECT DISTINCT shard, writer FROM outcomes WHERE writer IS NOT NULL")
+                writers = Counter(shard for shard, _ in pairs)
+            assert 2 in writers.values(), f"no shard has samples from both loops: {writers}"
     reference_manifest, reference_samples = results["async"]
     ok = [r for r in reference_manifest if r["status"] == "ok"]
     assert len(ok) == 2 * len(IMAGES) + 3 == len(reference_samples)

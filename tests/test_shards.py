@@ -2,7 +2,8 @@
 loaders people use on them: Python's ``tarfile``, ``pyarrow``, ``webdataset`` and Hugging Face
 ``datasets``; plus the shard index, the stats files, ``--key name``, ``--retry-failed`` into
 patch shards, foreign shard files, ``--state-dir``, ``--overwrite``, the files format's
-sidecars, the schema-1 ledger upgrade and the option errors.
+sidecars, the schema-1 ledger upgrade, the option errors, and shards written by two event loops
+(one staging log each, joined or renamed into the tar).
 
 Every run downloads from the real loopback server of ``conftest``; nothing under test is mocked.
 Hugging Face ``datasets`` runs offline with its caches in a temporary folder.
@@ -23,6 +24,7 @@ import tarfile
 import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +35,7 @@ from conftest import FAST, hits, key
 from imgfetch import cli
 from imgfetch.errors import ConfigError, ImgfetchError, OutputError
 from imgfetch.records.manifest import read_manifest
+from imgfetch.runners import loops
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -68,7 +71,8 @@ COLUMNS = (
     "elapsed",
     "shard",
 )
-#: The schema-1 ledger (before the shard formats added ``outcomes.shard`` and ``sample_end``).
+#: The schema-1 ledger (before the shard formats added ``outcomes.shard``, ``writer``, ``sample_end``
+#: and ``image_offset``).
 SCHEMA_1_SQL = """
 CREATE TABLE outcomes(
     row INTEGER PRIMARY KEY,
@@ -299,12 +303,14 @@ def test_webdataset_layout_and_manifest(wds_run: Done) -> None:
         assert rec["key"] == f"{row // SIZE:05d}{row % SIZE}", rec
         assert rec["shard"] == f"{row // SIZE:05d}.tar", rec
         assert rec["path"] is None, "shard formats write no loose files"
+        assert "offset" not in rec and "size" not in rec, (
+            "an image's offset is only known once the logs are joined: it is in the per-shard Parquet"
+        )
         want = wds_run.listing.expect[row]
         if isinstance(want, bytes):
-            assert rec["status"] == "ok" and rec["sha256"] == sha(want) and rec["size"] == len(want), rec
+            assert rec["status"] == "ok" and rec["sha256"] == sha(want) and rec["bytes"] == len(want), rec
         else:
             assert (rec["status"], rec["reason"]) == ("failed", want), rec
-            assert rec["offset"] is None and rec["size"] is None, rec
 
 
 def test_webdataset_reads_back_with_tarfile(wds_run: Done) -> None:
@@ -312,6 +318,7 @@ def test_webdataset_reads_back_with_tarfile(wds_run: Done) -> None:
     seen: Counter[str] = Counter()
     for tar in shard_paths(out, ".tar"):
         raw = tar.read_bytes()
+        located = {t["key"]: t for t in table(tar.with_suffix(".parquet"))}
         for sample in tar_samples(tar):
             seen[sample.key] += 1
             assert set(sample.members) == {"jpg", "json", "txt"}, "the image field is jpg whatever the format"
@@ -319,8 +326,9 @@ def test_webdataset_reads_back_with_tarfile(wds_run: Done) -> None:
             assert rec["shard"] == tar.name
             member, data = sample.members["jpg"]
             assert data == listing.expect[rec["row"]]
-            assert member.offset_data == rec["offset"] and member.size == rec["size"]
-            assert raw[rec["offset"] : rec["offset"] + rec["size"]] == data
+            where = located[sample.key]
+            assert (member.offset_data, member.size) == (where["offset"], where["size"]), sample.key
+            assert raw[where["offset"] : where["offset"] + where["size"]] == data
             meta = json.loads(sample.members["json"][1])
             assert {k: meta[k] for k in ("key", "row", "url", "sha256", "width", "height", "format")} == {
                 k: rec[k] for k in ("key", "row", "url", "sha256", "width", "height", "format")
@@ -354,12 +362,12 @@ def test_webdataset_per_shard_parquet_has_every_row(wds_run: Done) -> None:
             want = listing.expect[rec["row"]]
             if isinstance(want, bytes):
                 data = raw[rec["offset"] : rec["offset"] + rec["size"]]
-                assert data == want and sha(data) == rec["sha256"]
+                assert data == want and sha(data) == rec["sha256"] and rec["size"] == rec["bytes"]
                 assert rec["key"] in keys_in_tar
             else:
                 assert (rec["status"], rec["reason"]) == ("failed", want)
                 assert rec["key"] not in keys_in_tar, "a failure is in the shard's table only, not in its tar"
-                assert rec["offset"] is None and rec["sha256"] is None
+                assert rec["offset"] is None and rec["size"] is None and rec["sha256"] is None
             same = {k: v for k, v in records[rec["row"]].items() if k in COLUMNS and k != "elapsed"}
             assert {k: rec[k] for k in same} == same, "the table row is the manifest record"
             assert rec["caption"] == listing.rows[rec["row"]]["caption"]
@@ -436,6 +444,7 @@ def test_parquet_reads_back_with_pyarrow(parquet_run: Done) -> None:
         for rec in rows:
             want = listing.expect[rec["row"]]
             assert rec["shard"] == path.name == records[rec["row"]]["shard"]
+            assert not {"offset", "size"} & set(records[rec["row"]]), "no offsets in the manifest either"
             assert rec["caption"] == listing.rows[rec["row"]]["caption"]
             if isinstance(want, bytes):
                 assert rec["image"]["bytes"] == want and sha(want) == rec["sha256"]
@@ -579,10 +588,13 @@ def test_key_name_long_and_non_ascii_names_read_back(tmp_path: Path, server: Ima
     raw = (out / "00000.tar").read_bytes()
     samples = {s.key: s for s in tar_samples(out / "00000.tar")}
     assert set(samples) == set(ids)
+    located = {t["key"]: t for t in table(out / "00000.parquet")}
     for rec in records.values():
         member, data = samples[rec["key"]].members["jpg"]
-        assert member.name == rec["key"] + ".jpg" and member.offset_data == rec["offset"]
-        assert sha(raw[rec["offset"] : rec["offset"] + rec["size"]]) == rec["sha256"] == sha(data)
+        where = located[rec["key"]]
+        assert member.name == rec["key"] + ".jpg"
+        assert (member.offset_data, member.size) == (where["offset"], where["size"]), rec["key"]
+        assert sha(raw[where["offset"] : where["offset"] + where["size"]]) == rec["sha256"] == sha(data)
         assert samples[rec["key"]].members["txt"][1].decode("utf-8") == rec["key"]
     loaded = {s["__key__"]: s for s in wds_samples([out / "00000.tar"])}
     assert set(loaded) == set(ids) and all(loaded[k]["txt"] == k for k in ids)
@@ -656,11 +668,14 @@ def test_retry_failed_goes_to_a_new_patch_shard(
     assert (stats["kind"], stats["count"], stats["successes"]) == ("patch", 2, 2)
 
     records = manifest(out, len(rows))
+    patch_rows = {t["row"]: t for t in table(out / f"{base}.parquet")}
+    assert set(patch_rows) == set(flaky), "the patch shard's table holds the rows redone into it"
     for row in flaky:
         rec = records[row]
         assert (rec["status"], rec["shard"]) == ("ok", f"{base}.tar"), rec
         assert rec["key"] == f"{row // SIZE:05d}{row % SIZE}", "the key stays the row's"
-        data = (out / rec["shard"]).read_bytes()[rec["offset"] : rec["offset"] + rec["size"]]
+        where = patch_rows[row]
+        data = (out / rec["shard"]).read_bytes()[where["offset"] : where["offset"] + where["size"]]
         assert sha(data) == rec["sha256"] and len(data) == rec["bytes"]
     assert records[3]["reason"] == "http-404", "a permanent failure is not retried"
 
@@ -893,7 +908,18 @@ def test_schema_1_ledger_is_upgraded_in_place(tmp_path: Path, server: ImageServe
         count = db.execute("SELECT count(*) FROM outcomes").fetchone()[0]
     finally:
         db.close()
-    assert columns == ["row", "status", "reason", "folder", "name", "record", "shard", "sample_end"]
+    assert columns == [
+        "row",
+        "status",
+        "reason",
+        "folder",
+        "name",
+        "record",
+        "shard",
+        "writer",
+        "sample_end",
+        "image_offset",
+    ]
     assert (schema, count) == ("2", 5)
 
 
@@ -969,3 +995,140 @@ def test_unknown_output_format_on_the_command_line(
     assert len(err) == 1 and err[0].startswith("imgfetch: error[bad-option]: "), err
     assert "invalid choice: 'nope'" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+# ---- 13. several event loops: each writes its own staging log of a shard ------------------------
+
+
+def ledger_samples(out: Path) -> dict[int, tuple[int, int, int]]:
+    """row -> (writer, image_offset, sample_end) of every row with a sample, as the ledger holds it."""
+    path = out / ".imgfetch" / "ledger.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT row, writer, image_offset, sample_end FROM outcomes WHERE sample_end IS NOT NULL"
+        ).fetchall()
+    finally:
+        db.close()
+    return {int(row): (int(w), int(offset), int(end)) for row, w, offset, end in rows}
+
+
+class LogInodes:
+    """An ``on_outcome`` that notes the inode of every staging log it sees: a row's outcome
+    comes after its sample is in its log and before the shard it completes is sealed."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+        #: log name -> its inode
+        self.found: dict[str, int] = {}
+
+    def __call__(self, _outcome: imgfetch.Outcome) -> None:
+        with os.scandir(self.staging) as entries:
+            for entry in entries:
+                if entry.name.endswith(".samples"):
+                    self.found.setdefault(entry.name, entry.inode())
+
+
+def tar_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    """key -> (offset, size) of each sample's image member in a published tar."""
+    return {s.key: (s.members["jpg"][0].offset_data, s.members["jpg"][0].size) for s in tar_samples(path)}
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_two_event_loops_write_a_shard_from_two_logs(
+    tmp_path: Path, server: ImageServer, images: dict[str, bytes], fmt: str
+) -> None:
+    """``loops=2``: each loop writes the samples of the rows it fetched to its own log of the
+    shard (``00000.<writer>.samples``); sealing joins them into the tar (webdataset; one log
+    alone is renamed to it) or reads the images from both (parquet)."""
+    owners = loops.Owners(loops.weights(2))
+    assert {owners(h) for h in server.hosts} == {0, 1}, "the hosts must be spread over both loops"
+    listing = mixed(tmp_path, server, images)
+    out = tmp_path / "out"
+    note = LogInodes(out / ".imgfetch" / "staging")
+    summary = imgfetch.download(
+        listing.path,
+        out,
+        on_outcome=note,
+        **{**FAST, "output_format": fmt, "shard_size": SIZE, "caption_col": "caption", "loops": 2},
+    )
+    assert (summary.ok, summary.failed) == (7, 3)
+    records = manifest(out, len(listing.rows))
+    assert list((out / ".imgfetch" / "staging").iterdir()) == [], "every log is gone once committed"
+
+    # Each ok row's sample is in the log of the loop that owns its host.
+    samples = ledger_samples(out)
+    assert set(samples) == set(listing.ok)
+    for row, (writer, _, _) in samples.items():
+        assert writer == owners(urlsplit(listing.rows[row]["url"]).hostname or ""), row
+    writers = {s: {samples[r][0] for r in listing.ok if r // SIZE == s} for s in range(3)}
+    # Rows 0-3 on hosts 0, 1, 2, 0; rows 8-9 on hosts 2, 0 with row 9 a 404.
+    assert writers[0] == writers[1] == {0, 1} and len(writers[2]) == 1, writers
+    found = note.found
+    assert {f"{s:05d}.{w}.samples" for s, ws in writers.items() for w in ws} == set(found)
+
+    for s in range(3):
+        base = f"{s:05d}"
+        shard_rows = table(out / f"{base}.parquet")
+        assert [t["row"] for t in shard_rows] == [i for i in range(10) if i // SIZE == s]
+        for t in shard_rows:
+            assert "offset" not in records[t["row"]] and "size" not in records[t["row"]]
+        if fmt == "parquet":
+            assert "offset" not in shard_rows[0] and "size" not in shard_rows[0]
+            for t in shard_rows:
+                want = listing.expect[t["row"]]
+                assert (t["image"] or {}).get("bytes") == (want if isinstance(want, bytes) else None), t
+            continue
+        tar = out / f"{base}.tar"
+        raw = tar.read_bytes()
+        in_tar = tar_offsets(tar)
+        assert set(in_tar) == {t["key"] for t in shard_rows if t["status"] == "ok"}
+        for t in shard_rows:
+            if t["status"] != "ok":
+                assert (t["offset"], t["size"]) == (None, None), t
+                continue
+            assert (t["offset"], t["size"]) == in_tar[t["key"]], t
+            assert raw[t["offset"] : t["offset"] + t["size"]] == listing.expect[t["row"]]
+        # Each log is in the tar whole, one after the other: an image's offset in the tar is
+        # where its log starts there plus its offset in the log.
+        starts: dict[int, set[int]] = {}
+        for t in shard_rows:
+            if t["status"] == "ok":
+                writer, offset, _ = samples[t["row"]]
+                starts.setdefault(writer, set()).add(t["offset"] - offset)
+        assert all(len(v) == 1 for v in starts.values()), starts
+        at = 0
+        for start, writer in sorted((min(v), w) for w, v in starts.items()):
+            assert start == at, (base, starts)
+            at += max(end for r, (w, _, end) in samples.items() if r // SIZE == s and w == writer)
+        if len(writers[s]) == 1:
+            (writer,) = writers[s]
+            assert tar.stat().st_ino == found[f"{base}.{writer}.samples"], "one log is renamed, not copied"
+    if fmt == "webdataset":
+        loaded = Counter(s["__key__"] for s in wds_samples(shard_paths(out, ".tar")))
+        assert loaded == Counter(records[row]["key"] for row in listing.ok)
+
+
+def test_one_event_loop_renames_its_log_to_the_tar(tmp_path: Path, server: ImageServer) -> None:
+    """``loops=1``: every shard's tar is its one staging log renamed (the same inode), with the
+    end-of-archive blocks appended; nothing is copied."""
+    t = key()
+    rows = [{"url": server.url(f"img/rocket.jpg?k={t}-{i}", i % 3)} for i in range(10)]
+    out = tmp_path / "out"
+    note = LogInodes(out / ".imgfetch" / "staging")
+    summary = imgfetch.download(
+        write_csv(tmp_path / "list.csv", rows),
+        out,
+        on_outcome=note,
+        **{**FAST, "output_format": "webdataset", "shard_size": SIZE, "loops": 1},
+    )
+    assert summary.ok == 10
+    found = note.found
+    assert set(found) == {f"{s:05d}.0.samples" for s in range(3)}, "writer 0 is the pipeline's own loop"
+    for s in range(3):
+        tar = out / f"{s:05d}.tar"
+        assert tar.stat().st_ino == found[f"{s:05d}.0.samples"], tar.name
+        assert len(tar_samples(tar)) == min(SIZE, 10 - s * SIZE)
+        located = {r["key"]: (r["offset"], r["size"]) for r in table(out / f"{s:05d}.parquet")}
+        assert located == tar_offsets(tar)
+    assert list((out / ".imgfetch" / "staging").iterdir()) == []

@@ -3,16 +3,19 @@
 The real ``imgfetch`` command runs in a subprocess against a loopback server
 with latency and is killed with SIGKILL: at seeded random moments (start-up
 included) until a run completes, and, deterministically, at each step of one
-shard's commit (a small driver wraps one internal step with ``kill -9``).  The
-states a kill can leave but is unlikely to hit are also fabricated by hand on a
-finished run: a shard sealed but not (fully) published, and a sample log with
-bytes after its last recorded sample.
+shard's commit (a small driver wraps one internal step with ``kill -9``), with one
+event loop (the shard's one staging log is renamed to its tar) and with two (each
+loop writes its own log, ``00001.<writer>.samples``, and sealing joins them).  The
+states a kill can leave but is unlikely to hit are also fabricated by hand: a shard
+sealed but not (fully) published, and sample logs (one, or each of two) with bytes
+after their last recorded sample.
 
 After the last run the output must be what an uninterrupted run gives: one
 manifest record per row; each ok row in exactly one published shard, its image
 bytes matching its sha256; tars readable to the end with each sample's members
 side by side; Parquet files readable; a stats file for every shard, all of them
-in ``shards.json``; no temporaries and an empty staging folder.  Across the
+in ``shards.json``, each image's offset in the tar the per-shard Parquet's (the
+manifest has none); no temporaries and an empty staging folder.  Across the
 kills: a row the ledger held when a run was killed is never requested again
 (hits counted per row at the server, every row has its own URL), no row leaves
 the ledger, and a shard whose stats file was in the output is never rewritten.
@@ -45,6 +48,7 @@ from yarl import URL
 
 import imagegen
 from imgfetch.bench.server import ImageServer, Latency
+from imgfetch.runners.loops import Owners, weights
 from imgfetch.sinks.files import TEMP_PREFIX
 
 if TYPE_CHECKING:
@@ -66,15 +70,20 @@ SHARD_NAME = re.compile(r"\A(\d{5})(\.tar|\.parquet|_stats\.json)\Z")
 FileId = tuple[int, int, str]
 
 
+#: The loopback hosts of the server: with two event loops each owns one of them.
+HOSTS = ("127.0.0.1", "127.0.0.2")
+
+
 @pytest.fixture(scope="module")
 def srv() -> Iterator[ImageServer]:
-    """One loopback host, about 50 ms per request; any other path is an image (JPEG or PNG)."""
+    """Two loopback hosts, about 50 ms per request; any other path is an image (JPEG or PNG)."""
     images = {
         f"p{i}.{fmt.lower()}": imagegen.encode(imagegen.photo(20 + 6 * i, 14 + 4 * i, seed=i), fmt)
         for i, fmt in enumerate(["JPEG", "PNG", "JPEG", "PNG"])
     }
     latency = Latency(median=0.05, sigma=0.3, seed=11)
-    with ImageServer(images, hosts=("127.0.0.1",), latency=latency, catch_all=True) as server:
+    with ImageServer(images, hosts=HOSTS, latency=latency, catch_all=True) as server:
+        assert {Owners(weights(2))(h) for h in HOSTS} == {0, 1}, "one host per loop"
         yield server
 
 
@@ -91,10 +100,17 @@ class Rows:
 
 
 def make_rows(
-    srv: ImageServer, tmp_path: Path, n: int, *, fail: tuple[int, ...] = (), hang: tuple[int, ...] = ()
+    srv: ImageServer,
+    tmp_path: Path,
+    n: int,
+    *,
+    fail: tuple[int, ...] = (),
+    hang: tuple[int, ...] = (),
+    hosts: int = 1,
 ) -> Rows:
     """``n`` rows: images, except ``fail`` (and, with no ``fail`` given, every 9th and 31st row)
-    which fail for good (404, not an image) and ``hang`` whose server never answers."""
+    which fail for good (404, not an image) and ``hang`` whose server never answers; row ``i``
+    on host ``i % hosts``."""
     t = uuid.uuid4().hex[:10]
     failing = set(fail) if fail else {i for i in range(n) if i % 9 == 4 or i % 31 == 7}
     urls = []
@@ -105,7 +121,7 @@ def make_rows(
             path = f"_/status/404?r={i}&t={t}" if i % 2 else f"_/html-as-jpeg?r={i}&t={t}"
         else:
             path = f"c{t}/{i}.jpg?r={i}"
-        urls.append(srv.url(path))
+        urls.append(srv.url(path, i % hosts))
     listing = tmp_path / f"list-{t}.txt"
     listing.write_text("".join(u + "\n" for u in urls), encoding="utf-8")
     return Rows(urls, failing, listing)
@@ -132,21 +148,30 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-if step == "closed":  # the sample log ended and renamed in staging, the first thing sealing does
-    close_tar = webdataset.close_tar
+if step == "joining":  # webdataset, several logs: one of them joined to the tar-to-be, not all
+    copy_into = webdataset._copy_into
 
-    def closed(samples, dest):
-        size = close_tar(samples, dest)
+    def joining(fd, path):
+        copy_into(fd, path)
+        if path.name.startswith(target + "."):
+            die()
+
+    webdataset._copy_into = joining
+elif step == "joined":  # webdataset: the logs joined into staging/NNNNN.tar, end blocks and all
+    join_logs = webdataset.join_logs
+
+    def joined(logs, dest):
+        size = join_logs(logs, dest)
         if dest.name.startswith(target):
             die()
         return size
 
-    webdataset.close_tar = parquet.close_tar = closed
+    webdataset.join_logs = joined
 elif step == "built":  # the format's files built in staging, no stats file yet
     for cls in (webdataset.WebDatasetSink, parquet.ParquetSink):
 
-        def built(self, base, samples, records, _build=cls.build):
-            size = _build(self, base, samples, records)
+        def built(self, base, logs, records, samples, _build=cls.build):
+            size = _build(self, base, logs, records, samples)
             if base == target:
                 die()
             return size
@@ -155,8 +180,8 @@ elif step == "built":  # the format's files built in staging, no stats file yet
 elif step == "staged":  # the stats file written in staging too; the ledger not told yet
     seal = shards.ShardSink._seal
 
-    def staged(self, shard, lines, started, kind):
-        stats = seal(self, shard, lines, started, kind)
+    def staged(self, shard, rows, started, kind):
+        stats = seal(self, shard, rows, started, kind)
         if shards.shard_name(shard) == target:
             die()
         return stats
@@ -195,8 +220,9 @@ sys.exit(cli.main(args))
 """
 
 
-def command(rows: Rows, out: Path, fmt: str, size: int, *extra: str) -> list[str]:
-    shards = ["--output-format", fmt, "--shard-size", str(size)]
+def command(rows: Rows, out: Path, fmt: str, size: int, *extra: str, loops: int = 1) -> list[str]:
+    """The command line of a run: ``loops`` event loops, explicitly (``auto`` depends on the machine)."""
+    shards = ["--output-format", fmt, "--shard-size", str(size), "--loops", str(loops)]
     return [str(rows.listing), "-o", str(out), *shards, *CLI, *extra]
 
 
@@ -289,9 +315,23 @@ def ledger_shards(state: Path) -> dict[int, str]:
     return {int(s): str(st) for s, st in query(state, "SELECT shard, state FROM shards")}
 
 
-def sample_end(state: Path, shard: int) -> int:
-    rows = query(state, "SELECT max(sample_end) FROM outcomes WHERE shard = ?", shard)
-    return int(rows[0][0] or 0) if rows else 0
+def sample_ends(state: Path, shard: int) -> dict[int, int]:
+    """writer -> where its last recorded sample of ``shard`` ends in its log."""
+    rows = query(
+        state,
+        "SELECT writer, max(sample_end) FROM outcomes WHERE shard = ? AND sample_end IS NOT NULL"
+        " GROUP BY writer",
+        shard,
+    )
+    return {int(w): int(end) for w, end in rows}
+
+
+#: (shard, writer) of each log that held a sample.
+WRITERS_SQL = "SELECT DISTINCT shard, writer FROM outcomes WHERE sample_end IS NOT NULL"
+
+
+def log_name(shard: int, writer: int) -> str:
+    return f"{shard:05d}.{writer}.samples"
 
 
 def file_id(path: Path) -> FileId:
@@ -395,6 +435,7 @@ def check_final(out: Path, rows: Rows, fmt: str, size: int, state: Path | None =
         assert rec["status"] == ("failed" if row in rows.failing else "ok"), rec
         assert rec["key"] == expected_key(row, size), rec
         assert rec["shard"] == f"{row // size:05d}{data_suffix}", rec
+        assert "offset" not in rec and "size" not in rec, "offsets are in the per-shard Parquet only"
     ok = {row for row, rec in by_row.items() if rec["status"] == "ok"}
 
     # The ledger: every row final, every shard committed.
@@ -426,6 +467,7 @@ def check_final(out: Path, rows: Rows, fmt: str, size: int, state: Path | None =
         assert stats["filesize"] == data_path.stat().st_size, stats
         table = pq.read_table(out / (base + ".parquet")).to_pylist()
         assert {t["row"] for t in table} == shard_rows and len(table) == len(shard_rows)
+        by_key = {t["key"]: t for t in table}
         for t in table:
             listed_rows[t["row"]] += 1
             rec = by_row[t["row"]]
@@ -447,11 +489,13 @@ def check_final(out: Path, rows: Rows, fmt: str, size: int, state: Path | None =
                 assert rec["status"] == "ok" and rec["key"] == key, (key, rec)
                 offset, image = files[f"{key}.jpg"]
                 assert hashlib.sha256(image).hexdigest() == rec["sha256"] == meta["sha256"], key
-                assert (offset, len(image)) == (rec["offset"], rec["size"]), key
+                assert (offset, len(image)) == (by_key[key]["offset"], by_key[key]["size"]), key
                 keys[key] += 1
             for t in table:
-                rec = by_row[t["row"]]
-                assert (t["offset"], t["size"]) == (rec["offset"], rec["size"]), rec
+                if t["status"] == "ok":
+                    assert t["size"] == t["bytes"] and t["key"] in runs, t
+                else:
+                    assert (t["offset"], t["size"]) == (None, None), t
         else:
             for t in table:
                 rec = by_row[t["row"]]
@@ -472,13 +516,18 @@ KILLS = 9
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loops", [1, 2])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_sigkill_at_random_moments_then_resume(srv: ImageServer, tmp_path: Path, fmt: str) -> None:
-    rng = random.Random(f"shards-crash-{fmt}")
+def test_sigkill_at_random_moments_then_resume(
+    srv: ImageServer, tmp_path: Path, fmt: str, loops: int
+) -> None:
+    """Killed at random moments, with one event loop or two (then a shard's samples are in two
+    logs, each on its own host)."""
+    rng = random.Random(f"shards-crash-{fmt}-{loops}")
     size = 25
-    rows = make_rows(srv, tmp_path, 490)  # 20 shards, the last one of 15 rows
+    rows = make_rows(srv, tmp_path, 490, hosts=loops)  # 20 shards, the last one of 15 rows
     out = tmp_path / "out"
-    args = command(rows, out, fmt, size, "-j", "4", "--per-host", "4")
+    args = command(rows, out, fmt, size, "-j", "4", "--per-host", "4", loops=loops)
     watch = Watch(out / ".imgfetch", out, fmt, rows.urls)
     for run in range(KILLS + 1):
         proc = start(args)
@@ -499,12 +548,14 @@ def test_sigkill_at_random_moments_then_resume(srv: ImageServer, tmp_path: Path,
         watch.killed(srv)
     else:
         pytest.fail("the run never completed")
-    print(f"{fmt}: {watch.kills} kills, {watch.idle_kills} before any new row was recorded")
+    print(f"{fmt}, {loops} loops: {watch.kills} kills, {watch.idle_kills} before any new row was recorded")
     assert watch.kills >= 6, "the run finished before most kills: make the list longer"
     assert len(watch.frozen) >= 3, "no shard was committed before a kill"
     check_final(out, rows, fmt, size)
     watch.check(srv)
     assert all(hits(srv)[path_of(u)] >= 1 for u in rows.urls)
+    writers = Counter(shard for shard, _ in query(out / ".imgfetch", WRITERS_SQL))
+    assert len(writers) == 20 and set(writers.values()) == {loops}, f"{loops} logs per shard: {writers}"
 
     # A resume of a complete run fetches nothing and writes no shard again.
     watch.note(srv)
@@ -530,46 +581,71 @@ def out_of(out: Path, base: str) -> set[str]:
     return {p.name for p in out.iterdir() if p.name.startswith(base)}
 
 
-#: step -> (the ledger's state of the shard then, the files it has made in staging, its files in
-#: the output).
-STEPS: dict[str, dict[str, tuple[str, set[str], set[str]]]] = {
-    "webdataset": {
-        "closed": ("open", {"00001.tar"}, set()),
-        "built": ("open", {"00001.tar", "00001.parquet"}, set()),
-        "staged": ("open", {"00001.tar", "00001.parquet", "00001_stats.json"}, set()),
-        "sealed": ("sealed", {"00001.tar", "00001.parquet", "00001_stats.json"}, set()),
-        "moved": ("sealed", {"00001.parquet", "00001_stats.json"}, {"00001.tar"}),
-        "published": ("sealed", set(), {"00001.tar", "00001.parquet", "00001_stats.json"}),
+TAR, PARQUET, STATS_1 = "00001.tar", "00001.parquet", "00001_stats.json"
+LOG_0, LOG_1 = log_name(1, 0), log_name(1, 1)
+LOGS = {LOG_0, LOG_1}
+#: (format, event loops) -> step -> (the ledger's state of shard 1 then, the files of it that
+#: must be in staging, those that may be there too, its files in the output).  One loop:
+#: webdataset renames the log to the tar; parquet keeps the log until the shard is committed.
+#: Two loops, webdataset: joining the logs may consume one of them (the largest becomes the
+#: tar) or none (copied into a temporary), never both, until the shard is committed.
+STEPS: dict[tuple[str, int], dict[str, tuple[str, set[str], set[str], set[str]]]] = {
+    ("webdataset", 1): {
+        "joined": ("open", {TAR}, set(), set()),
+        "built": ("open", {TAR, PARQUET}, set(), set()),
+        "staged": ("open", {TAR, PARQUET, STATS_1}, set(), set()),
+        "sealed": ("sealed", {TAR, PARQUET, STATS_1}, set(), set()),
+        "moved": ("sealed", {PARQUET, STATS_1}, set(), {TAR}),
+        "published": ("sealed", set(), set(), {TAR, PARQUET, STATS_1}),
     },
-    "parquet": {
-        "closed": ("open", {"00001.log.tar"}, set()),
-        "built": ("open", {"00001.parquet"}, set()),
-        "staged": ("open", {"00001.parquet", "00001_stats.json"}, set()),
-        "sealed": ("sealed", {"00001.parquet", "00001_stats.json"}, set()),
-        "moved": ("sealed", {"00001_stats.json"}, {"00001.parquet"}),
-        "published": ("sealed", set(), {"00001.parquet", "00001_stats.json"}),
+    ("parquet", 1): {
+        "built": ("open", {LOG_0, PARQUET}, set(), set()),
+        "staged": ("open", {LOG_0, PARQUET, STATS_1}, set(), set()),
+        "sealed": ("sealed", {LOG_0, PARQUET, STATS_1}, set(), set()),
+        "moved": ("sealed", {LOG_0, STATS_1}, set(), {PARQUET}),
+        "published": ("sealed", {LOG_0}, set(), {PARQUET, STATS_1}),
+    },
+    ("webdataset", 2): {
+        "joining": ("open", LOGS, {TAR + ".join"}, set()),
+        "joined": ("open", {TAR}, LOGS, set()),
+        "built": ("open", {TAR, PARQUET}, LOGS, set()),
+        "staged": ("open", {TAR, PARQUET, STATS_1}, LOGS, set()),
+        "sealed": ("sealed", {TAR, PARQUET, STATS_1}, LOGS, set()),
+        "moved": ("sealed", {PARQUET, STATS_1}, LOGS, {TAR}),
+        "published": ("sealed", set(), LOGS, {TAR, PARQUET, STATS_1}),
+    },
+    ("parquet", 2): {
+        "built": ("open", {LOG_0, LOG_1, PARQUET}, set(), set()),
+        "sealed": ("sealed", {LOG_0, LOG_1, PARQUET, STATS_1}, set(), set()),
+        "published": ("sealed", {LOG_0, LOG_1}, set(), {PARQUET, STATS_1}),
     },
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", list(STEPS["webdataset"]))
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_sigkill_at_each_step_of_a_commit(srv: ImageServer, tmp_path: Path, fmt: str, step: str) -> None:
-    rows = make_rows(srv, tmp_path, 40, fail=SMALL_FAIL)
+@pytest.mark.parametrize(
+    ("fmt", "loops", "step"),
+    [(fmt, n, step) for (fmt, n), steps in STEPS.items() for step in steps],
+    ids=lambda v: str(v),
+)
+def test_sigkill_at_each_step_of_a_commit(
+    srv: ImageServer, tmp_path: Path, fmt: str, loops: int, step: str
+) -> None:
+    rows = make_rows(srv, tmp_path, 40, fail=SMALL_FAIL, hosts=loops)
     out = tmp_path / "out"
     state = out / ".imgfetch"
-    args = command(rows, out, fmt, SMALL, *FAST)
+    args = command(rows, out, fmt, SMALL, *FAST, loops=loops)
     code, err = kill_at(start(args, step=(step, "00001")))
     assert code == -signal.SIGKILL, f"the run was not killed at {step}: {code} {err}"
-    # Where the kill landed (staging may hold more than the step has made; the output may not).
-    ledger_state, staged, published = STEPS[fmt][step]
-    if ledger_state == "sealed":
-        assert ledger_shards(state)[1] == "sealed"
-    else:
-        assert ledger_shards(state)[1] != "committed"
-    assert staged <= staging_of(state, "00001"), staging_of(state, "00001")
+    # Where the kill landed: these files of shard 1 in staging and in the output.
+    ledger_state, must, may, published = STEPS[fmt, loops][step]
+    assert ledger_shards(state)[1] == ledger_state
+    staged = staging_of(state, "00001")
+    assert must <= staged <= must | may, staged
+    if loops > 1:
+        assert len(LOGS - staged) <= 1, f"at most one log is consumed by the join: {staged}"
     assert out_of(out, "00001") == published
+    assert set(sample_ends(state, 1)) == set(range(loops)), "shard 1's samples are in one log per loop"
     watch = Watch(state, out, fmt, rows.urls)
     watch.killed(srv)
     assert set(range(16, 32)) <= watch.done.keys(), "every row of the shard was in the ledger"
@@ -579,7 +655,13 @@ def test_sigkill_at_each_step_of_a_commit(srv: ImageServer, tmp_path: Path, fmt:
 
 
 def kill_at(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """The driver kills itself; anything else is a failure to report."""
+    """The driver kills itself; anything else is a failure to report.  Then anything it started
+    (its loop processes) is killed too, as a kill of the process group would."""
+    try:
+        proc.wait(timeout=PROMPT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=PROMPT)
     return proc.returncode, err
 
@@ -693,20 +775,20 @@ def sample(key: str, data: bytes, meta: dict[str, Any]) -> bytes:
     return b"".join(parts)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("tail", ["cut-sample", "unknown-sample"])
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_a_sample_log_is_cut_back_to_the_ledger(
-    srv: ImageServer, tmp_path: Path, fmt: str, tail: str
-) -> None:
-    """A run killed with shard 1 open (one row hangs), then bytes after the last recorded sample
-    in its log, as a kill while appending a sample (``cut-sample``) or between the append and the
-    ledger commit (``unknown-sample``, a whole sample of a row the ledger never heard of) leaves."""
-    hang = 25
-    rows = make_rows(srv, tmp_path, 40, fail=SMALL_FAIL, hang=(hang,))
+#: The row that hangs in the tests below: it keeps shard 1 open.
+HANG = 25
+
+
+def kill_with_shard_1_open(
+    srv: ImageServer, tmp_path: Path, fmt: str, loops: int
+) -> tuple[Rows, Path, list[str], Watch]:
+    """A run with ``loops`` event loops killed once every row but :data:`HANG` is recorded and
+    shards 0 and 2 are committed: shard 1 open, one staging log per loop holding exactly the
+    samples the ledger knows.  The input, the output, the command and the watch."""
+    rows = make_rows(srv, tmp_path, 40, fail=SMALL_FAIL, hang=(HANG,), hosts=loops)
     out = tmp_path / "out"
     state = out / ".imgfetch"
-    args = command(rows, out, fmt, SMALL, *FAST)
+    args = command(rows, out, fmt, SMALL, *FAST, loops=loops)
     proc = start(args)
 
     def all_but_one() -> bool:
@@ -719,28 +801,90 @@ def test_a_sample_log_is_cut_back_to_the_ledger(
     code, err = kill(proc)
     assert code == -signal.SIGKILL, err
     assert ledger_shards(state)[1] == "open"
-    log = state / "staging" / "00001.samples"
-    end = sample_end(state, 1)
-    assert end > 0 and log.stat().st_size == end, "the log holds exactly the recorded samples"
+    ends = sample_ends(state, 1)
+    assert set(ends) == set(range(loops)), f"one log per loop: {ends}"
+    logs = {p.name for p in (state / "staging").iterdir()}
+    assert logs == {log_name(1, w) for w in ends}, logs
+    for writer, end in ends.items():
+        size = (state / "staging" / log_name(1, writer)).stat().st_size
+        assert size == end > 0, f"log {writer} holds exactly the recorded samples: {size} != {end}"
     watch = Watch(state, out, fmt, rows.urls)
     watch.killed(srv)
     assert len(watch.done) == 39
+    return rows, out, args, watch
 
-    key = expected_key(hang, SMALL)
+
+def garbage(tail: str) -> bytes:
+    """What a kill can leave after a log's last recorded sample: half a sample (killed while
+    appending it: ``cut-sample``) or a whole sample of a row the ledger never heard of and more
+    (killed between the append and the ledger commit: ``unknown-sample``)."""
+    key = expected_key(HANG, SMALL)
     image = imagegen.encode(imagegen.photo(30, 20, seed=99), "JPEG")
-    whole = sample(key, image, {"key": key, "row": hang, "sha256": hashlib.sha256(image).hexdigest()})
-    garbage = whole[: len(whole) // 2] if tail == "cut-sample" else whole + random.Random(5).randbytes(700)
-    with open(log, "ab") as fh:
-        fh.write(garbage)
+    whole = sample(key, image, {"key": key, "row": HANG, "sha256": hashlib.sha256(image).hexdigest()})
+    return whole[: len(whole) // 2] if tail == "cut-sample" else whole + random.Random(5).randbytes(700)
 
-    # The hanging row now times out and fails; everything else was done before.
+
+def finish_with_the_hanging_row_failed(
+    srv: ImageServer, rows: Rows, out: Path, args: list[str], watch: Watch, fmt: str
+) -> None:
+    """The resume that completes: the hanging row now times out; nothing else is fetched again."""
     run_to_end([*args, "--timeout", "0.5", "--retries", "0"])
-    rows.failing.add(hang)
+    rows.failing.add(HANG)
     check_final(out, rows, fmt, SMALL)
     watch.check(srv)
     record = next(
         json.loads(line)
         for line in (out / "manifest.jsonl").read_text("utf-8").splitlines()
-        if json.loads(line)["row"] == hang
+        if json.loads(line)["row"] == HANG
     )
     assert record["reason"] == "timeout", record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tail", ["cut-sample", "unknown-sample"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_sample_log_is_cut_back_to_the_ledger(
+    srv: ImageServer, tmp_path: Path, fmt: str, tail: str
+) -> None:
+    """A run (one event loop) killed with shard 1 open (one row hangs), then bytes after the last
+    recorded sample in its log (:func:`garbage`)."""
+    rows, out, args, watch = kill_with_shard_1_open(srv, tmp_path, fmt, 1)
+    with open(out / ".imgfetch" / "staging" / log_name(1, 0), "ab") as fh:
+        fh.write(garbage(tail))
+    finish_with_the_hanging_row_failed(srv, rows, out, args, watch, fmt)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dirty", ["0", "1", "both"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_of_two_sample_logs_is_cut_back_on_its_own(
+    srv: ImageServer, tmp_path: Path, fmt: str, dirty: str
+) -> None:
+    """Two event loops, killed with shard 1 open: a log each.  Garbage after the last recorded
+    sample of writer 0's log (half a sample), of writer 1's (an unknown sample) or of both: the
+    resume cuts each log back to its own last recorded sample, before it fetches anything, and
+    the other log keeps every byte."""
+    rows, out, args, watch = kill_with_shard_1_open(srv, tmp_path, fmt, 2)
+    state = out / ".imgfetch"
+    staging = state / "staging"
+    ends = sample_ends(state, 1)
+    clean = {w: file_id(staging / log_name(1, w))[1:] for w in ends}
+    tails = {0: garbage("cut-sample"), 1: garbage("unknown-sample")}
+    for writer in (0, 1) if dirty == "both" else (int(dirty),):
+        with open(staging / log_name(1, writer), "ab") as fh:
+            fh.write(tails[writer])
+
+    # A resume recovers staging before it fetches; the hanging row, asked for again, keeps shard 1 open.
+    hang = path_of(rows.urls[HANG])
+    asked = hits(srv)[hang]
+    proc = start(args)
+    wait_for(proc, lambda: hits(srv)[hang] > asked, "the hanging row requested again")
+    code, err = kill(proc)
+    assert code == -signal.SIGKILL, err
+    assert ledger_shards(state)[1] == "open"
+    assert sample_ends(state, 1) == ends, "no recorded sample was forgotten"
+    assert {w: file_id(staging / log_name(1, w))[1:] for w in ends} == clean, (
+        "each log is cut back to exactly its own last recorded sample"
+    )
+    watch.killed(srv)
+    finish_with_the_hanging_row_failed(srv, rows, out, args, watch, fmt)
