@@ -61,6 +61,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from imgfetch.errors import InputError, OutputError
 from imgfetch.naming import EXTENSIONS, UNKNOWN_EXTENSION
+from imgfetch.records.manifest import Manifest
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -203,10 +204,10 @@ class Ledger:
     def __init__(self, root: Path, manifest: Path, state: Path | None = None) -> None:
         self.root = root
         self.manifest = manifest
+        self._mirror = Manifest(manifest)
         self.state = state = root / LEDGER_DIR if state is None else state
         folder = state
         self._lock: IO[bytes] | None = None
-        self._mirror: IO[bytes] | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._take_lock(folder / LOCK_FILE)
@@ -257,10 +258,7 @@ class Ledger:
             self._lock = None
 
     def close(self) -> None:
-        if self._mirror is not None:
-            with contextlib.suppress(OSError):
-                self._mirror.close()
-            self._mirror = None
+        self._mirror.close()
         with contextlib.suppress(sqlite3.Error, AttributeError):
             self._db.close()
         self._release_lock()
@@ -317,9 +315,7 @@ class Ledger:
         except sqlite3.Error as exc:
             raise _output_error("write the resume ledger", exc) from None
         try:
-            if self._mirror is None:
-                self._mirror = open(self.manifest, "ab", buffering=0)  # noqa: SIM115 - closed by close()
-            _write_all(self._mirror, data)
+            self._mirror.append(data)
         except OSError as exc:
             # The ledger has the rows; the next start sees the size mismatch and rewrites the manifest.
             raise _output_error(f"write the manifest '{self.manifest}'", exc) from None
@@ -488,48 +484,18 @@ class Ledger:
         and append, a cut line, a deleted manifest or records replaced by a
         retry (which leave the older line behind) all make this False.
         """
-        try:
-            size = self.manifest.stat().st_size
-        except FileNotFoundError:
-            size = 0
+        size = self._mirror.size()
         expected = int(self.get("manifest_bytes") or 0)
         lines = int(self.get("manifest_lines") or 0)
         return size == expected and lines == self.count()
 
     def rewrite_manifest(self) -> None:
-        """Write the manifest afresh from the ledger, in row order, atomically (temp + rename)."""
-        if self._mirror is not None:
-            self._mirror.close()
-            self._mirror = None
-        tmp = self.manifest.with_name(f".{self.manifest.name}.imgfetch-rewrite")
-        nbytes = nlines = 0
+        """Write the manifest afresh from the ledger, in row order, atomically."""
         try:
-            with open(tmp, "wb", buffering=1 << 20) as fh:
-                chunk: list[str] = []
-                for line in self.lines():
-                    chunk.append(line)
-                    if len(chunk) >= PAGE:
-                        nbytes += fh.write(("\n".join(chunk) + "\n").encode("utf-8"))
-                        nlines += len(chunk)
-                        chunk = []
-                if chunk:
-                    nbytes += fh.write(("\n".join(chunk) + "\n").encode("utf-8"))
-                    nlines += len(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.manifest)
+            nbytes, nlines = self._mirror.rewrite(self.lines())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise _output_error(f"rewrite the manifest '{self.manifest}'", exc) from None
         self.put({"manifest_bytes": str(nbytes), "manifest_lines": str(nlines)})
-
-
-def _write_all(fh: IO[bytes], data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = fh.write(view)
-        view = view[written or 0 :]
 
 
 # ---- files on disk ---------------------------------------------------------
