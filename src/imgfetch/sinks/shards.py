@@ -218,6 +218,7 @@ class ShardSink:
         key = self.key(index, stem)
         if state is None:
             self._start(base, "base")
+            self.started(base)
         elif state.kind != "base" or state.state != "open":
             # The row's own shard is committed (or its number went to a patch): a patch shard.
             shard = self._patch_shard()
@@ -298,12 +299,19 @@ class ShardSink:
                 key = self.key(record.row, None)
             record = dataclasses.replace(record, shard=shard_name(shard) + self.data_suffix, key=key)
         if own:
+            self.recorded(shard, record)
             self._count(shard)
         else:
             pending = self._patch_pending[shard] = self._patch_pending[shard] - 1
             if not pending and self._patch_rows.get(shard, 0) >= self.size:
                 self._mark_ready(shard)
         return Placed(record, shard, record.writer, record.end, record.offset)
+
+    def started(self, shard: int) -> None:
+        """Shard ``shard`` has been started by this run (a format may build as it fills)."""
+
+    def recorded(self, shard: int, outcome: Outcome) -> None:
+        """A row of ``shard`` started by this run was recorded (before its shard is complete)."""
 
     # ---- commits ---------------------------------------------------------------
     def ready(self) -> list[int]:
