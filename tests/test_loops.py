@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -360,3 +361,32 @@ def test_a_full_disk_stops_the_run_with_one_line_whichever_loop_writes(
     lines = proc.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("imgfetch: error[bad-output]:"), proc.stderr
     assert "No space left" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@linux_only
+def test_auto_loops_for_shards_leave_fetching_to_the_loop_processes(srv: ImageServer, tmp_path: Path) -> None:
+    """With a shard format and --loops auto, the pipeline's own loop fetches nothing: with two
+    loops one process writes every sample (one staging log per shard, published by a rename).
+    An explicit --loops N keeps N loops fetching, each with its own log."""
+    t = tag()
+    urls = [srv.url(f"sh{t}/{i}/p{i % 11}.jpg", i % 4) for i in range(60)]
+    listing = write_list(tmp_path / "list.txt", urls)
+    code = (
+        "from imgfetch.runners import loops\nfrom imgfetch.config import build\n"
+        f"print(loops.count(build({str(listing)!r}, output_format='webdataset')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    chosen = int(run.stdout)  # what auto chooses in a plain process, on this machine
+    owners = loops.Owners(loops.weights(2))
+    hosts = {u.split("/")[2].rsplit(":", 1)[0] for u in urls}
+    for name, args, writers in [
+        ("auto", (), {1} if chosen > 1 else {0}),
+        ("explicit", ("--loops", "2"), {owners(h) for h in hosts}),
+    ]:
+        out = tmp_path / name
+        proc = _cli(listing, out, "--output-format", "webdataset", "--shard-size", "30", "-q", *args)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        with sqlite3.connect(out / ".imgfetch" / "ledger.sqlite") as db:
+            seen = {w for (w,) in db.execute("SELECT DISTINCT writer FROM outcomes WHERE writer IS NOT NULL")}
+        assert seen == writers, (name, seen)

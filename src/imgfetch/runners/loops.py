@@ -21,6 +21,10 @@ its own loop and ``N - 1`` loop processes:
 - a loop process that dies while the run goes on stops the run
   (``workers-failed``, exit 1): its rows are redone by the next run.
 
+With a shard format, ``auto`` gives the pipeline's own loop no hosts (see
+``Run.execute``): each fetching loop writes its own staging log of a shard, and
+one log is published by a rename, several by copying all but the largest.
+
 ``--loops auto`` (the default) uses up to :data:`AUTO_MAX` loops, one per core
 and one per :data:`MIN_PER_LOOP` of ``-j`` (measured on the benchmark, W1: one
 loop keeps about 128 requests in flight at 80 ms, ~1000 images/s on a 2-core
@@ -106,11 +110,11 @@ def count(cfg: RunConfig) -> int:
 HOME_WEIGHT = 0.5
 
 
-def weights(loops: int) -> list[float]:
-    """Each loop's share of the hosts and of ``-j``: the pipeline's own loop first."""
+def weights(loops: int, home: float = HOME_WEIGHT) -> list[float]:
+    """Each loop's share of the hosts and of ``-j``: the pipeline's own loop (``home``) first."""
     if loops <= 1:
         return [1.0]
-    raw = [HOME_WEIGHT] + [1.0] * (loops - 1)
+    raw = [home] + [1.0] * (loops - 1)
     return [w / sum(raw) for w in raw]
 
 
