@@ -373,7 +373,7 @@ def test_auto_loops_for_shards_leave_fetching_to_the_loop_processes(srv: ImageSe
     listing = write_list(tmp_path / "list.txt", urls)
     code = (
         "from imgfetch.runners import loops\nfrom imgfetch.config import build\n"
-        f"print(loops.count(build({str(listing)!r}, output_format='webdataset')))"
+        f"print(loops.count(build({str(listing)!r}, output_format='webdataset', concurrency=256)))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     chosen = int(run.stdout)  # what auto chooses in a plain process, on this machine
@@ -384,7 +384,8 @@ def test_auto_loops_for_shards_leave_fetching_to_the_loop_processes(srv: ImageSe
         ("explicit", ("--loops", "2"), {owners(h) for h in hosts}),
     ]:
         out = tmp_path / name
-        proc = _cli(listing, out, "--output-format", "webdataset", "--shard-size", "30", "-q", *args)
+        shards = ("--output-format", "webdataset", "--shard-size", "30", "-j", "256")  # -j: auto's 2 loops
+        proc = _cli(listing, out, *shards, "-q", *args)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
         with sqlite3.connect(out / ".imgfetch" / "ledger.sqlite") as db:
