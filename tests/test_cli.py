@@ -147,3 +147,47 @@ def test_demo_ignores_proxy_variables(tmp_path: Path) -> None:
     proxy = "http://127.0.0.1:9"  # the discard port: nothing listens there
     env = {"http_proxy": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "HTTPS_PROXY": proxy}
     _check_demo(tmp_path, run("demo", "-o", "demo", cwd=tmp_path, env=env))
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--limit", "-1"], "--limit"),
+        (["--folder-size", "-3"], "--folder-size"),
+        (["--workers", "0"], "--workers"),
+        (["--max-failure-rate", "3"], "--max-failure-rate"),
+        (["--shard-size", "0", "--output-format", "webdataset"], "--shard-size"),
+    ],
+)
+def test_bad_options_stop_before_anything_is_created_and_name_the_flag(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    listing = tmp_path / "l.txt"
+    listing.write_text("http://127.0.0.1:9/a.jpg\n")
+    proc = run(str(listing), "-o", "out", "--log-file", "out/run.log", *args, cwd=tmp_path)
+    assert_one_line_error(proc)
+    assert f"error[bad-option]: {flag} " in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.txt"], "nothing was created"
+
+
+def test_a_log_file_inside_the_output_folder_works(tmp_path: Path) -> None:
+    listing = tmp_path / "l.txt"
+    listing.write_text("http://127.0.0.1:9/a.jpg\n")
+    proc = run(str(listing), "-o", "lg", "--log-file", "lg/run.log", *QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "row=0 status=failed" in (tmp_path / "lg" / "run.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": "5"}, "concurrency must be a number, not '5'"),
+        ({"retries": True}, "retries must be a number, not True"),
+        ({"insecure": "yes"}, "insecure must be true or false, not 'yes'"),
+        ({"workers": 0}, "workers must be > 0"),
+        ({"limit": -2}, "limit must be >= 0"),
+    ],
+)
+def test_api_options_of_the_wrong_kind_are_config_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(imgfetch.ConfigError, match=message.replace("(", r"\(")):
+        imgfetch.config("l.txt", "out", **options)

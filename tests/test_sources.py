@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import imgfetch
 from imgfetch import sources
 from imgfetch.config import InputConfig, InputFormat
 from imgfetch.errors import ConfigError, InputError
@@ -394,10 +395,13 @@ def test_limit(tmp_path: Path, fmt: InputFormat) -> None:
 
 
 def test_negative_limit_is_a_config_error(tmp_path: Path) -> None:
+    """Refused when the configuration is built, before any file is opened or created."""
     path = tmp_path / "a.txt"
     path.write_text("x\n")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="limit must be >= 0"):
         rows_of(path, limit=-1)
+    with pytest.raises(ConfigError, match="limit must be >= 0"):
+        imgfetch.config(path, tmp_path / "out", limit=-1)
 
 
 def test_stdin_defaults_to_txt_and_stays_open() -> None:

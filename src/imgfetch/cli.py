@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from imgfetch import api
 from imgfetch._version import __version__
 from imgfetch.config import DEFAULT_MAX_PIXELS, DEFAULT_USER_AGENT
-from imgfetch.errors import ImgfetchError
+from imgfetch.errors import ConfigError, ImgfetchError
 from imgfetch.fetch.engines import ENGINES
 from imgfetch.report import Progress, format_summary
 
@@ -295,7 +295,19 @@ def options(args: argparse.Namespace) -> dict[str, object]:
     return opts
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+#: Fields whose flag is not their name with dashes.
+_FLAG_OF = {"trust_env": "--no-proxy-env", "honor_opt_out": "--ignore-opt-out", "naming": "--name"}
+
+
+def _as_flags(message: str, ap: argparse.ArgumentParser) -> str:
+    """``folder_size must be >= 0`` -> ``--folder-size must be >= 0``: errors name the flag."""
+    flags = {a.dest: max(a.option_strings, key=len) for a in ap._actions if a.option_strings}
+    first, sep, rest = message.partition(" ")
+    flag = _FLAG_OF.get(first) or flags.get(first)
+    return f"{flag}{sep}{rest}" if flag else message
+
+
+def _setup_logging(args: argparse.Namespace, out: Path) -> None:
     log = logging.getLogger("imgfetch")
     log.setLevel(logging.INFO if (args.log_file or args.verbose) else logging.WARNING)
     log.propagate = False
@@ -304,7 +316,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
     console.setFormatter(logging.Formatter("imgfetch: %(message)s"))
     log.addHandler(console)
     if args.log_file:
-        fh = logging.FileHandler(args.log_file, encoding="utf-8")
+        log_file = Path(args.log_file).absolute()
+        # A log inside the output folder is the natural place: make that folder first.
+        if log_file.is_relative_to(out.absolute()) and not log_file.parent.exists():
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ImgfetchError(f"cannot open --log-file '{args.log_file}': {exc.strerror or exc}") from None
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
 
@@ -313,12 +332,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0], argv[1:])
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     try:
-        _setup_logging(args)
-        cfg = api.config(args.input, args.out, **options(args))
-        if args.max_failure_rate is not None and not 0 <= args.max_failure_rate <= 1:
-            raise ImgfetchError("--max-failure-rate is a share between 0 and 1 (e.g. 0.05)")
+        # Every option is checked before anything is created (the log file included).
+        try:
+            cfg = api.config(args.input, args.out, **options(args))
+        except ConfigError as exc:
+            raise ConfigError(_as_flags(str(exc), ap), hint=exc.hint) from None
+        _setup_logging(args, cfg.output.out)
         show_progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
         run = api.prepare(cfg, stdin=sys.stdin.buffer if args.input == "-" else None)
         progress = Progress(sys.stderr, run.summary, enabled=show_progress)

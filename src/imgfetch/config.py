@@ -199,6 +199,10 @@ class InputConfig:
     url_col: str = "url"
     limit: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, not {self.limit}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -219,6 +223,10 @@ class RunConfig:
     log_file: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.workers is not None:
+            _positive("workers", self.workers)
+        if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
+            raise ValueError("max_failure_rate is a share between 0 and 1 (e.g. 0.05)")
         if self.loops is None or self.loops == 1:
             return
         _positive("loops", self.loops)
@@ -279,6 +287,33 @@ def default_out(source: str) -> Path:
     return Path.cwd() / (Path(source).stem or "images")
 
 
+#: What each numeric or boolean option must be (checked before any dataclass sees it, so that
+#: ``download(..., concurrency="5")`` is a clear error, not a TypeError deep inside).
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "int | None": (int, type(None)),
+    "float": (int, float),
+    "float | None": (int, float, type(None)),
+    "bool": (bool,),
+}
+
+
+def _check_kinds(options: dict[str, object]) -> None:
+    fields = {
+        f.name: str(f.type)
+        for cls in (HttpConfig, ImageConfig, InputConfig, OutputConfig, RunConfig)
+        for f in dataclasses.fields(cls)
+    }
+    for name, value in options.items():
+        kinds = _KINDS.get(fields.get(name, ""))
+        if kinds is None:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in kinds
+        if wrong_bool or not isinstance(value, kinds):
+            what = "true or false" if kinds == (bool,) else "a number"
+            raise ValueError(f"{name} must be {what}, not {value!r}")
+
+
 def build(source: str | Path, out: str | Path | None = None, **options: object) -> RunConfig:
     """Build a RunConfig from flat keyword options (the API's and the CLI's common path).
 
@@ -286,6 +321,7 @@ def build(source: str | Path, out: str | Path | None = None, **options: object) 
     ``max_bytes``, ``size``, ``name``...).  Raises ValueError for unknown or bad options.
     """
     opts = dict(options)
+    _check_kinds(opts)
     src = str(source)
     input_cfg = InputConfig(
         source=src,
