@@ -191,3 +191,23 @@ def test_a_log_file_inside_the_output_folder_works(tmp_path: Path) -> None:
 def test_api_options_of_the_wrong_kind_are_config_errors(options: dict[str, object], message: str) -> None:
     with pytest.raises(imgfetch.ConfigError, match=message.replace("(", r"\(")):
         imgfetch.config("l.txt", "out", **options)
+
+
+@pytest.mark.parametrize(
+    ("listing", "args", "says"),
+    [
+        ("l.txt", ["--name", "column:id"], "--name column:id needs an input with columns"),
+        ("l.txt", ["--caption-col", "caption"], "--caption-col caption needs an input with columns"),
+        ("l.csv", ["--name", "column:nope"], "--name column:nope: input 'l.csv' has no column 'nope'"),
+        ("l.csv", ["--caption-col", "capt"], "--caption-col capt: input 'l.csv' has no column 'capt'"),
+    ],
+)
+def test_an_option_naming_a_column_the_input_lacks_is_refused(
+    tmp_path: Path, listing: str, args: list[str], says: str
+) -> None:
+    (tmp_path / "l.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    (tmp_path / "l.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a cat\n")
+    proc = run(listing, "-o", "out", *args, cwd=tmp_path)
+    assert_one_line_error(proc)
+    assert says in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -965,7 +965,7 @@ def quiet_cli_logging() -> Iterator[None]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--output-format", "webdataset", "--shard-size", "0"], "shard_size must be >= 1"),
+        (["--output-format", "webdataset", "--shard-size", "0"], "--shard-size must be >= 1"),
         (["--output-format", "parquet", "--write-metadata"], "--write-metadata is for --output-format files"),
         (["--output-format", "webdataset", "--key", "name", "--name", "random"], "--key name needs names"),
     ],

@@ -37,8 +37,14 @@ def config(source: str | Path, out: str | Path | None = None, **options: object)
 
 def prepare(cfg: RunConfig, *, stdin: BinaryIO | None = None) -> pipeline.Run:
     """Check the input and make a Run (fails fast on an unreadable input)."""
-    if cfg.input.source != "-":
-        sources.open_check(cfg.input)
+    out = cfg.output
+    needed: dict[str, str] = {}  # the option as written -> the input column it names
+    if out.caption_col is not None:
+        needed[f"--caption-col {out.caption_col}"] = out.caption_col
+    names_used = out.key == "name" or not out.sharded
+    if out.naming.kind == "column" and out.naming.column is not None and names_used:
+        needed[f"--name column:{out.naming.column}"] = out.naming.column
+    sources.open_check(cfg.input, needed)
     engine = make_engine(cfg.engine, cfg.http)
     return pipeline.Run(cfg, engine, stdin=stdin)
 

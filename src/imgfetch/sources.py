@@ -90,28 +90,44 @@ def detect_format(source: str, explicit: InputFormat | None) -> InputFormat:
     return fmt
 
 
-def open_check(cfg: InputConfig) -> None:
-    """Fail fast, before a run starts, if ``cfg.source`` cannot be read as its format.
+def open_check(cfg: InputConfig, needed: Mapping[str, str] | None = None) -> None:
+    """Fail fast, before a run starts, if ``cfg.source`` cannot be read as its format, or
+    lacks a column an option needs (``needed``: the option as written -> the column it names).
 
     Reads at most the csv header or the parquet footer; stdin is not checked,
-    since looking at it would consume it.
+    since looking at it would consume it, and neither are jsonl keys (rows may differ).
     """
     fmt = detect_format(cfg.source, cfg.format)
+    needed = dict(needed or {})
+    if fmt == "txt" and needed:
+        option = next(iter(needed))
+        raise ConfigError(
+            f"{option} needs an input with columns; a txt list has one URL per line",
+            hint="use a csv, tsv, jsonl or parquet list (or --input-format csv for a csv saved as .txt)",
+        )
     if cfg.source == "-":
         return
+    names: list[str] | None = None
     with _open_path(cfg.source) as stream:
         if fmt in ("csv", "tsv"):
             text = _text(stream)
             try:
-                _csv_start(text, cfg.source, cfg.url_col, _delimiter(fmt))
+                names = _csv_start(text, cfg.source, cfg.url_col, _delimiter(fmt))[2]
             finally:
                 text.detach()
         elif fmt == "parquet":
             pf = _parquet_file(stream, cfg.source)
             try:
                 _check_url_field(pf.schema_arrow, cfg.url_col, cfg.source)
+                names = list(pf.schema_arrow.names)
             finally:
                 pf.close()
+    for option, column in needed.items():
+        if names is not None and column not in names:
+            raise ConfigError(
+                f"{option}: input {cfg.source!r} has no column {column!r}",
+                hint=f"its columns: {_list_columns(names)}",
+            )
 
 
 def row_bound(cfg: InputConfig) -> int | None:
