@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,15 @@ def check_complete(out: Path, urls: Sequence[str], failed: Sequence[int] = ()) -
     images = {f for f in files if not f.startswith(".imgfetch/")} - {"manifest.jsonl", "summary.json"}
     assert images == {r["path"] for r in records if r["status"] == "ok"}, "no file the ledger does not know"
     return records
+
+
+def claim(out: Path, *paths: str, writer: int = 0) -> None:
+    """Claim ``paths`` in an intent log as a fetch writer killed after renaming them would have."""
+    log = ledgers.intent_log(out / ledgers.LEDGER_DIR, writer)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as fh:
+        for rel in paths:
+            fh.write(f"{os.stat(out / rel).st_ino} {rel}\n")
 
 
 def assert_not_refetched(before: Counter[str], after: Counter[str], urls: set[str]) -> None:
@@ -301,12 +311,15 @@ def test_leftovers_of_a_killed_run_are_reconciled(srv: ImageServer, tmp_path: Pa
     assert first.ok == 12
     records = {r["row"]: r for r in read_manifest(out / "manifest.jsonl")}
     before = requests(srv)
-    # What a kill leaves: a temporary, a renamed file whose row never reached the ledger,
-    # plus a done row whose file has gone.  Other files are the user's and stay.
+    # What a kill leaves: a temporary, renamed files whose rows never reached the ledger
+    # (claimed in an intent log first, as a fetch writer does), plus a done row whose file
+    # has gone.  Other files are the user's and stay, unclaimed image names included.
     (out / "00001" / f"{TEMP_PREFIX}0123456789abcdef{TEMP_SUFFIX}").write_bytes(b"partial")
     (out / "00001" / "orphan.png").write_bytes(b"\x89PNG not recorded")
     (out / "00003").mkdir()
     (out / "00003" / "f99.jpg").write_bytes(b"\xff\xd8 not recorded")
+    claim(out, "00001/orphan.png", "00003/f99.jpg")
+    (out / "00003" / "mine.jpg").write_bytes(b"\xff\xd8 the user's, never claimed")
     (out / "00000" / "notes.txt").write_text("mine", encoding="utf-8")
     (out / "00000" / ".hidden.jpg").write_bytes(b"mine")
     (out / "holiday.jpg").write_bytes(b"mine, beside the image folders")
@@ -319,7 +332,7 @@ def test_leftovers_of_a_killed_run_are_reconciled(srv: ImageServer, tmp_path: Pa
     assert not (out / "00001" / "orphan.png").exists()
     assert not (out / "00003" / "f99.jpg").exists()
     assert not list(out.rglob(f"{TEMP_PREFIX}*"))
-    for mine in ("00000/notes.txt", "00000/.hidden.jpg", "holiday.jpg"):
+    for mine in ("00000/notes.txt", "00000/.hidden.jpg", "holiday.jpg", "00003/mine.jpg"):
         assert (out / mine).exists(), mine
     manifest = list(read_manifest(out / "manifest.jsonl"))
     assert sorted(r["row"] for r in manifest) == list(range(12))
@@ -335,11 +348,14 @@ def test_without_sub_folders_the_output_folder_is_reconciled(srv: ImageServer, t
     write_list(listing, urls[:9])
     assert imgfetch.download(listing, out, folder_size=0, **BASE).ok == 9
     (out / "orphan.jpg").write_bytes(b"renamed into place, never recorded")
+    claim(out, "orphan.jpg")
     (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "mine.jpg").write_bytes(b"the user's, never claimed")
     write_list(listing, urls)
     summary = imgfetch.download(listing, out, folder_size=0, **BASE)
     assert (summary.total, summary.already_done) == (6, 9)
     assert not (out / "orphan.jpg").exists() and (out / "notes.txt").exists()
+    assert (out / "mine.jpg").read_bytes() == b"the user's, never claimed"
     records = sorted(read_manifest(out / "manifest.jsonl"), key=lambda r: int(r["row"]))
     namer = Namer(Naming(), 0, 0)
     stems = [namer.claim(i, u, {}) for i, u in enumerate(urls)]
@@ -482,8 +498,7 @@ def test_a_manifest_without_ledger_is_refused_or_imported(srv: ImageServer, tmp_
     listing = write_list(tmp_path / "list.txt", urls)
     out = tmp_path / "out"
     imgfetch.download(listing, out, **BASE)
-    for name in os.listdir(out / ".imgfetch"):
-        (out / ".imgfetch" / name).unlink()
+    shutil.rmtree(out / ".imgfetch")  # the state folder deleted: ledger, lock and intent logs
     with pytest.raises(ResumeConflict, match="no resume ledger"):
         imgfetch.download(listing, out, **BASE)
     before = requests(srv)

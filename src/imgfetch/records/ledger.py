@@ -35,9 +35,15 @@ Write order, and what a crash can leave behind:
    ``meta`` to what the manifest will hold once the batch is appended;
 3. the batch's lines are appended to ``manifest.jsonl``.
 
+Step 1 is preceded by a claim in the writer's intent log
+(``STATE/intents/<writer>.log``: the temporary's inode and the final path),
+and the rename never replaces an existing file.
+
 So after a kill there may be (a) temporaries, (b) final files whose rows are
 not in the ledger (renamed, not yet committed), (c) committed rows missing from
-the manifest.  On start the run deletes (a), :func:`reconcile` deletes (b) and
+the manifest.  On start the run deletes (a), :func:`reconcile` deletes (b),
+the files an intent log claims with their inode (any other file is left
+alone), and
 forgets ok rows whose file has gone, and :meth:`Ledger.manifest_consistent`
 spots (c) in O(1) (size and line count against ``meta``) so the manifest is
 rewritten from the ledger, in row order, atomically.
@@ -64,7 +70,7 @@ from imgfetch.naming import EXTENSIONS, UNKNOWN_EXTENSION
 from imgfetch.records.manifest import Manifest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
     from pathlib import Path
 
 try:
@@ -532,26 +538,114 @@ def _numbered_folders(root: Path) -> list[str]:
 
 
 class Reconciled(NamedTuple):
-    removed: int  # files on disk the ledger did not know, deleted
+    removed: int  # files a killed run renamed into place (claimed in an intent log) but never recorded
     forgotten: int  # ok rows whose file had gone, dropped from the ledger
+    kept: int = 0  # files in the image folders the ledger does not know and no run claimed: left alone
+
+
+# ---- intent logs: which files imgfetch wrote ---------------------------------------
+#: ``STATE/intents/<writer>.log``: one line ``<inode> <relative path>`` per image a fetch
+#: writer is about to put in place (written before the rename; see :mod:`imgfetch.sinks.files`),
+#: and ``-<inode> <relative path>`` when that name turned out to be taken (the claim is withdrawn,
+#: so a later file that happens to reuse the inode number is not mistaken for ours).
+INTENTS_DIR = "intents"
+
+
+def intent_log(state: Path, writer: int) -> Path:
+    """The intent log of event loop ``writer`` (0: the pipeline's own)."""
+    return state / INTENTS_DIR / f"{writer}.log"
+
+
+def _intent_logs(state: Path) -> list[Path]:
+    folder = state / INTENTS_DIR
+    return sorted(folder / n for n in _listdir(folder) if n.endswith(".log"))
+
+
+def has_intents(state: Path) -> bool:
+    """True when some intent log holds a claim."""
+    for path in _intent_logs(state):
+        with contextlib.suppress(OSError):
+            if path.stat().st_size:
+                return True
+    return False
+
+
+class Claim(NamedTuple):
+    """One intent-log line: ``ino rel`` claims a file, ``-ino rel`` withdraws that claim."""
+
+    ino: int
+    rel: str
+    withdrawn: bool = False
+
+
+def claims(state: Path) -> Iterator[Claim]:
+    """Every line of the intent logs (streamed; a line cut by a kill is skipped)."""
+    for path in _intent_logs(state):
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError:
+            continue
+        with fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    continue  # cut by a kill mid-write: that file was not renamed yet
+                ino, _, rel = line[:-1].partition(b" ")
+                withdrawn = ino.startswith(b"-")
+                ino = ino[1:] if withdrawn else ino
+                if ino.isdigit() and rel:
+                    yield Claim(int(ino), rel.decode("utf-8", "surrogateescape"), withdrawn)
+
+
+def proven(state: Path, paths: Container[str]) -> dict[str, set[int]]:
+    """Of ``paths``, those the intent logs claim: path -> the inodes claimed and not withdrawn."""
+    claimed: dict[str, set[int]] = {}
+    withdrawn: set[tuple[str, int]] = set()
+    for claim in claims(state):
+        if claim.rel in paths:
+            if claim.withdrawn:
+                withdrawn.add((claim.rel, claim.ino))
+            else:
+                claimed.setdefault(claim.rel, set()).add(claim.ino)
+    for rel, ino in withdrawn:
+        claimed.get(rel, set()).discard(ino)
+    return claimed
+
+
+def clear_intents(state: Path) -> None:
+    """Empty the intent logs once :func:`reconcile` has used them (in place: loop processes
+    already hold them open for appending)."""
+    for path in _intent_logs(state):
+        with contextlib.suppress(OSError):
+            os.truncate(path, 0)
 
 
 def reconcile(ledger: Ledger, *, include_root: bool) -> Reconciled:
     """Make the files on disk and the ledger agree, one folder at a time.
 
-    A file the ledger does not know was renamed into place by a run killed
-    before it could commit the row; the row is not done, so the file is deleted
-    (the row is fetched again under the same deterministic name).  An ok row
-    whose file has gone is forgotten, so it is fetched again.
+    A file the ledger does not know is deleted only when imgfetch can prove it
+    wrote it: its path is claimed in an intent log (``STATE/intents``) with the
+    inode the file still has.  That is a file a run killed before it could
+    commit the row renamed into place; the row is not done, so it is fetched
+    again under the same deterministic name.  Every other unknown file (the
+    user's own, or anything no run claimed) is left alone and counted as
+    ``kept``.  An ok row whose file has gone is forgotten, so it is fetched again.
 
-    Only files imgfetch could have written are ever deleted: regular,
-    non-hidden files with an image extension it uses, in its numbered
-    sub-folders (and in the output folder itself only when ``include_root``,
-    i.e. with ``--folder-size 0``, or when the ledger records files there).
-    Memory: one folder's names at a time.
+    Only regular, non-hidden files with an image extension imgfetch uses, in
+    its numbered sub-folders (and in the output folder itself only when
+    ``include_root``, i.e. with ``--folder-size 0``, or when the ledger records
+    files there) are considered at all.  Memory: one folder's names at a time,
+    plus the unknown files (normally none or a handful) while the intent logs
+    are streamed.
     """
     root = ledger.root
-    removed = forgotten = 0
+    forgotten = 0
+    unknown: dict[str, tuple[Path, str]] = {}
+
+    def collect(folder: str, directory: Path, names: Iterable[str]) -> None:
+        for name in names:
+            if _ours(directory, name):
+                unknown[f"{folder}/{name}" if folder else name] = (directory, name)
+
     seen: set[str] = set()
     for folder in ledger.folders():
         seen.add(folder)
@@ -561,7 +655,7 @@ def reconcile(ledger: Ledger, *, include_root: bool) -> Reconciled:
         known = ledger.names_in(folder)
         # Set differences first: the per-file checks only run on the (few) differences.
         present = _listdir(directory)
-        removed += _delete(root, folder, [n for n in present - known if _ours(directory, n)])
+        collect(folder, directory, present - known)
         missing = ledger.rows_of(folder, known - present)
         ledger.forget(missing)
         forgotten += len(missing)
@@ -570,8 +664,22 @@ def reconcile(ledger: Ledger, *, include_root: bool) -> Reconciled:
         folders.append("")
     for folder in folders:
         directory = root / folder if folder else root
-        removed += _delete(root, folder, [n for n in _listdir(directory) if _ours(directory, n)])
-    return Reconciled(removed, forgotten)
+        collect(folder, directory, _listdir(directory))
+    removed = 0
+    for rel, inodes in (proven(ledger.state, unknown) if unknown else {}).items():
+        directory, name = unknown[rel]
+        path = directory / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_ino not in inodes or not stat.S_ISREG(st.st_mode):
+            continue  # another file has the name now (e.g. the user's): not ours
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+        del unknown[rel]
+    return Reconciled(removed, forgotten, len(unknown))
 
 
 def _delete(root: Path, folder: str, names: Iterable[str]) -> int:
@@ -590,9 +698,11 @@ def wipe(root: Path, manifest: Path, ledger: Ledger | None, *, include_root: boo
     With the previous run's ``ledger`` (closed here): every file it records
     (and the ``.txt`` / ``.json`` sidecars beside them when that run wrote
     them: ``--caption-col``, ``--write-metadata``), the leftovers
-    :func:`reconcile` would delete, numbered folders left empty, and the ledger
-    itself.  Always: the manifest and ``summary.json``.  Nothing else: a file
-    imgfetch did not write stays.
+    :func:`reconcile` would delete (files an intent log proves a killed run
+    wrote), numbered folders left empty, and the ledger itself; the intent logs
+    are emptied.  Always: the manifest and ``summary.json``.  Nothing else: a
+    file imgfetch did not write stays (a row never replaces such a file, see
+    :mod:`imgfetch.sinks.files`, so it is never recorded either).
     """
     removed = 0
     if ledger is not None:
@@ -604,6 +714,7 @@ def wipe(root: Path, manifest: Path, ledger: Ledger | None, *, include_root: boo
                 if isinstance(old, dict) and old.get(option)
             ]
             removed += reconcile(ledger, include_root=include_root).removed
+            clear_intents(ledger.state)
             for folder in list(ledger.folders()):
                 names = ledger.names_in(folder)
                 removed += _delete(root, folder, names)

@@ -6,6 +6,31 @@ file; a killed run leaves at most ``.imgfetch-*.part`` files, which
 :meth:`FileSink.remove_temporaries` deletes on the next start.  Paths are
 checked to stay inside the output folder and folders that are symlinks are
 refused, so nothing is ever written outside it.
+
+Ownership.  imgfetch only ever deletes files it can prove it wrote.  A fetch
+writer's sink (:meth:`FilesOutput.fetch_writer`, one per event loop) appends
+one line, ``<inode of the temporary> <relative path>``, to its intent log
+``STATE/intents/<writer>.log`` before putting a file in place (opened once
+with ``O_APPEND``; one small write per file, no fsync: a kill -9 keeps the
+page cache).  On start :func:`imgfetch.records.ledger.reconcile` deletes a
+file the ledger does not know only if an intent log claims its path with the
+inode it still has; then the logs are emptied (the rows recorded since are in
+the ledger).  Any other file is left alone.
+
+The final name is taken with ``link(temporary, final)`` then ``unlink
+(temporary)``, which never replaces an existing file (where hard links are
+not supported: a check then ``rename``).  A row whose name is already taken
+by a file imgfetch did not write (reconcile has removed a killed run's
+leftovers, and a done row is only redone once its file has gone, so an
+existing file is someone else's) does not overwrite it: the row is recorded
+as failed, reason ``write-error``, detail ``a file imgfetch did not write
+already has this name: FOLDER/NAME``; ``--retry-failed`` tries it again and
+fails the same way while that file is there.  With ``--name hash`` a name is
+the content's hash, so an existing file holding exactly the row's bytes is
+shared (identical images share one file, as they always have).
+
+Sidecars (``--caption-col``, ``--write-metadata``) and the shard index are
+written by sinks without an intent log and replace their target as before.
 """
 
 from __future__ import annotations
@@ -18,6 +43,7 @@ import logging
 import os
 import secrets
 import stat
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -42,10 +68,46 @@ FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
 _CREATE_FLAGS = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 )
+_APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+#: ``link`` errors meaning "this file system has no hard links": fall back to check-then-rename.
+_NO_LINKS = frozenset(
+    {errno.EPERM, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+)
+
+
+class NameTaken(FileExistsError):
+    """A row's final name is held by a file imgfetch did not write; it is never replaced."""
+
+    def __str__(self) -> str:
+        return f"a file imgfetch did not write already has this name: {self.filename}"
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 class FileSink:
-    def __init__(self, root: Path) -> None:
+    """Writes files atomically below ``root``.
+
+    With an ``intents`` log (the fetch writers) every file is claimed there
+    before it is put in place and never replaces an existing file; with
+    ``share_identical`` (hash naming) an existing file holding the same bytes
+    is shared.  Without one (sidecars, the shard index) the target is replaced.
+    """
+
+    def __init__(self, root: Path, intents: Path | None = None, *, share_identical: bool = False) -> None:
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.root = root.resolve(strict=True)
@@ -59,6 +121,15 @@ class FileSink:
         self._folders: dict[str, str] = {"": str(self.root)}
         self._tag = secrets.token_hex(4)
         self._counter = itertools.count()
+        self._share = share_identical
+        self._intents: int | None = None
+        if intents is not None:
+            try:
+                intents.parent.mkdir(parents=True, exist_ok=True)
+                self._intents = fd = os.open(intents, _APPEND_FLAGS, 0o644)
+            except OSError as exc:
+                raise OutputError(f"cannot open the intent log '{intents}': {exc.strerror or exc}") from None
+            weakref.finalize(self, os.close, fd)
 
     def _folder(self, folder: str) -> str:
         known = self._folders.get(folder)
@@ -83,6 +154,8 @@ class FileSink:
         final = os.path.join(directory, name)
         # Unique without a random draw per file: this sink's random tag and a counter.
         tmp = os.path.join(directory, f"{TEMP_PREFIX}{self._tag}-{next(self._counter)}{TEMP_SUFFIX}")
+        rel = f"{folder}/{name}" if folder else name
+        intents = self._intents
         try:
             fd = os.open(tmp, _CREATE_FLAGS, 0o644)
             try:
@@ -90,14 +163,42 @@ class FileSink:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
+                ino = os.fstat(fd).st_ino if intents is not None else 0
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
+            if intents is None:
+                os.replace(tmp, final)
+                return rel
+            # The claim comes first: a file in place under this name with this inode is ours.
+            os.write(intents, f"{ino} {rel}\n".encode("utf-8", "surrogateescape"))
+            try:
+                self._place(tmp, final, rel, data)
+            except NameTaken:
+                os.write(intents, f"-{ino} {rel}\n".encode("utf-8", "surrogateescape"))
+                raise
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return f"{folder}/{name}" if folder else name
+        return rel
+
+    def _place(self, tmp: str, final: str, rel: str, data: bytes) -> None:
+        """Give ``tmp`` the name ``final`` unless that name is taken (then :class:`NameTaken`)."""
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            if not (self._share and _same_bytes(final, data)):
+                raise NameTaken(errno.EEXIST, os.strerror(errno.EEXIST), rel) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            if os.path.lexists(final):
+                if not (self._share and _same_bytes(final, data)):
+                    raise NameTaken(errno.EEXIST, os.strerror(errno.EEXIST), rel) from None
+            else:
+                os.rename(tmp, final)
+                return
+        os.unlink(tmp)
 
     def remove(self, rel: str) -> None:
         path = self.resolve(rel)
@@ -151,24 +252,37 @@ class FilesOutput:
 
     @classmethod
     def fetch_writer(cls, cfg: RunConfig, root: Path, writer: int) -> FileSink:
-        return FileSink(root)
+        """Event loop ``writer``'s sink: it claims each file in its intent log first."""
+        state = cfg.output.state
+        return FileSink(
+            root, ledgers.intent_log(state, writer), share_identical=cfg.output.naming.kind == "hash"
+        )
 
     def locate(self, index: int, folder: str, stem: str | None) -> tuple[str, str | None]:
         return folder, stem
 
     def open(self, ledger: Ledger) -> None:
-        """Delete leftovers of a killed run and forget ok rows whose file has gone."""
+        """Delete leftovers of a killed run (files its intent logs claim, unrecorded), forget
+        ok rows whose file has gone, then empty the intent logs."""
         self.files.remove_temporaries()
-        if ledger.is_empty():
+        state = ledger.state
+        if ledger.is_empty() and not ledgers.has_intents(state):
             return
         include_root = self.cfg.output.folder_size == 0 or root_layout(ledger)
         done = ledgers.reconcile(ledger, include_root=include_root)
+        ledgers.clear_intents(state)
         if done.removed or done.forgotten:
             log.warning(
-                "resume: deleted %d files an interrupted run left unrecorded; "
+                "resume: deleted %d files an interrupted run had written but not recorded; "
                 "%d done rows lost their file and will be done again",
                 done.removed,
                 done.forgotten,
+            )
+        if done.kept:
+            log.info(
+                "resume: left %d files in the image folders alone: the ledger does not know them "
+                "and imgfetch did not write them",
+                done.kept,
             )
 
     def add(self, outcome: Outcome) -> Placed:
