@@ -44,7 +44,7 @@ from imgfetch.records import shard_records
 from imgfetch.records.ledger import ShardState
 from imgfetch.sinks.base import Placed
 from imgfetch.sinks.files import TEMP_PREFIX, TEMP_SUFFIX, FileSink
-from imgfetch.sinks.samples import SAMPLES, SampleWriter, image_field, log_name, shard_name
+from imgfetch.sinks.samples import SAMPLES, SampleWriter, log_name, shard_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -81,7 +81,6 @@ class ShardSink:
         self.staging = state / STAGING
         self.size = cfg.output.shard_size
         self._digits = index_digits(self.size)
-        self._field = image_field(cfg)
         self._files = FileSink(root)  # checks the output folder; publishes with its temporaries
         self.root = self._files.root
         self._shards: dict[int, ShardState] = {}
