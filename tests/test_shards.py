@@ -1132,3 +1132,22 @@ def test_one_event_loop_renames_its_log_to_the_tar(tmp_path: Path, server: Image
         located = {r["key"]: (r["offset"], r["size"]) for r in table(out / f"{s:05d}.parquet")}
         assert located == tar_offsets(tar)
     assert list((out / ".imgfetch" / "staging").iterdir()) == []
+
+
+def test_a_sidecar_that_cannot_be_written_fails_its_row_not_the_run(
+    tmp_path: Path, server: ImageServer
+) -> None:
+    """``--caption-col``: a ``.txt`` that cannot be written (a folder holds its name) makes its row
+    a ``write-error``; the other rows and the run go on."""
+    t = key()
+    rows = [{"url": server.url(f"img/rocket.jpg?t={t}"), "caption": "a rocket"}]
+    rows.append({"url": server.url(f"img/coffee.jpg?t={t}"), "caption": "a coffee"})
+    listing = write_csv(tmp_path / "list.csv", rows)
+    out = tmp_path / "out"
+    (out / "00000" / "rocket.txt").mkdir(parents=True)
+    summary = download(listing, out, caption_col="caption")
+    assert (summary.ok, summary.failed_reasons) == (1, Counter({"write-error": 1}))
+    records = manifest(out, 2)
+    assert records[0]["status"] == "failed" and records[0]["path"] is None
+    assert (out / "00000" / "coffee.txt").read_text() == "a coffee"
+    assert (out / "00000" / "rocket.txt").is_dir(), "what imgfetch did not write stays"

@@ -530,6 +530,7 @@ class Run:
                 status=Status.FAILED,
                 reason=Reason.WRITE_ERROR.value,
                 detail=str(exc)[:300],
+                path=None,  # no sidecar is tried again; the image left behind is claimed, so removed
             )
             # The files format's sidecars could not be written: the row is recorded as failed.
             placed = sink.add(lost)
